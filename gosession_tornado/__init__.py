@@ -1,0 +1,49 @@
+"""gosession-tornado: beego's session manager for Tornado, with gorilla's cookie features.
+
+One interface, many providers (``memory``, ``file``, ``redis``, ``mysql``,
+``cookie``, ``redis_cluster``, ``redis_sentinel``, ``postgresql``), each run as
+an asyncio actor. See :class:`SessionManager` and :class:`SessionMixin`.
+"""
+
+from __future__ import annotations
+
+from .config import ManagerConfig, build_config
+from .errors import (
+    ConfigError,
+    CookieTooLargeError,
+    DuplicateProviderError,
+    ProviderClosedError,
+    ProviderUnavailableError,
+    SessionError,
+    UnknownProviderError,
+)
+from .manager import SessionManager, Stats
+from .provider import Changes, Provider
+from .registry import lookup, provider_names, register, unregister
+from .session import Session
+from .web import SessionMixin
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "SessionManager",
+    "SessionMixin",
+    "Session",
+    "Provider",
+    "Changes",
+    "ManagerConfig",
+    "Stats",
+    "build_config",
+    "register",
+    "unregister",
+    "lookup",
+    "provider_names",
+    "SessionError",
+    "ConfigError",
+    "UnknownProviderError",
+    "DuplicateProviderError",
+    "ProviderUnavailableError",
+    "ProviderClosedError",
+    "CookieTooLargeError",
+]

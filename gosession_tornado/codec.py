@@ -1,0 +1,136 @@
+"""Serialization of session values: msgpack with ext types, never pickle.
+
+This module is the only place msgpack options live. What round-trips:
+
+* everything msgpack has natively: ``None``, ``bool``, ``int`` (64-bit),
+  ``float``, ``str``, ``bytes``, ``list``, ``dict`` (integer keys included);
+* through ext types: ``tuple``, ``set``, ``frozenset``, ``datetime.datetime``
+  (naive or aware, microseconds kept), ``datetime.date``, ``datetime.time``,
+  ``decimal.Decimal`` and ``uuid.UUID``.
+
+Anything else (a custom object, a function, an int wider than 64 bits) raises
+:class:`TypeError`. Decoding never executes code: the worst a hostile payload
+can do is raise :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+from typing import Any
+
+import msgpack
+
+__all__ = ["encode", "decode", "check_serializable", "MAX_DECODE_BYTES"]
+
+#: Upper bound on the size of one payload :func:`decode` accepts, in bytes.
+MAX_DECODE_BYTES = 64 * 1024 * 1024
+
+_EXT_TUPLE = 1
+_EXT_SET = 2
+_EXT_FROZENSET = 3
+_EXT_DATETIME = 4
+_EXT_DATE = 5
+_EXT_TIME = 6
+_EXT_DECIMAL = 7
+_EXT_UUID = 8
+
+
+def _default(obj: Any) -> msgpack.ExtType:
+    # strict_types=True sends tuples (and subclasses of native types) here.
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(_EXT_TUPLE, encode(list(obj)))
+    if isinstance(obj, frozenset):
+        return msgpack.ExtType(_EXT_FROZENSET, encode(list(obj)))
+    if isinstance(obj, set):
+        return msgpack.ExtType(_EXT_SET, encode(list(obj)))
+    if isinstance(obj, datetime.datetime):
+        return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode("ascii"))
+    if isinstance(obj, datetime.date):
+        return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode("ascii"))
+    if isinstance(obj, datetime.time):
+        return msgpack.ExtType(_EXT_TIME, obj.isoformat().encode("ascii"))
+    if isinstance(obj, decimal.Decimal):
+        return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode("ascii"))
+    if isinstance(obj, uuid.UUID):
+        return msgpack.ExtType(_EXT_UUID, obj.bytes)
+    # Subclasses of native types (an IntEnum, a str subclass, OrderedDict) are
+    # stored as their base type, which is what a reader gets back anyway.
+    for base in (int, float, str, bytes, dict, list):
+        if isinstance(obj, base):
+            return base(obj)  # type: ignore[no-any-return]
+    raise TypeError(f"cannot serialize object of type {type(obj).__name__!r} into a session")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    try:
+        if code == _EXT_TUPLE:
+            return tuple(decode(data))
+        if code == _EXT_SET:
+            return set(decode(data))
+        if code == _EXT_FROZENSET:
+            return frozenset(decode(data))
+        if code == _EXT_DATETIME:
+            return datetime.datetime.fromisoformat(data.decode("ascii"))
+        if code == _EXT_DATE:
+            return datetime.date.fromisoformat(data.decode("ascii"))
+        if code == _EXT_TIME:
+            return datetime.time.fromisoformat(data.decode("ascii"))
+        if code == _EXT_DECIMAL:
+            return decimal.Decimal(data.decode("ascii"))
+        if code == _EXT_UUID:
+            return uuid.UUID(bytes=data)
+    except (ValueError, TypeError, UnicodeDecodeError, decimal.InvalidOperation) as exc:
+        raise ValueError(f"corrupt session payload (ext type {code}): {exc}") from exc
+    return msgpack.ExtType(code, data)
+
+
+def encode(obj: Any) -> bytes:
+    """Serialize *obj* to msgpack bytes.
+
+    :raises TypeError: if *obj* (or anything inside it) is not serializable.
+    """
+    try:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            obj, default=_default, use_bin_type=True, strict_types=True, datetime=False
+        )
+    except OverflowError as exc:
+        raise TypeError(f"integer out of range for a session value: {exc}") from exc
+    except ValueError as exc:  # e.g. recursion too deep / too large
+        raise TypeError(f"cannot serialize session value: {exc}") from exc
+
+
+def decode(data: bytes) -> Any:
+    """Deserialize msgpack *data* produced by :func:`encode`.
+
+    Integer map keys round-trip (``strict_map_key=False``). Lists decode as
+    lists; unhashable map keys are rejected.
+
+    :raises ValueError: if *data* is not a valid payload.
+    """
+    if len(data) > MAX_DECODE_BYTES:
+        raise ValueError(f"session payload of {len(data)} bytes exceeds {MAX_DECODE_BYTES}")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            use_list=True,
+            ext_hook=_ext_hook,
+            timestamp=0,
+        )
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise ValueError(f"corrupt session payload: {exc!r}") from exc
+
+
+def check_serializable(key: Any, value: Any) -> None:
+    """Raise :class:`TypeError` naming *key* unless *key* and *value* both serialize."""
+    try:
+        encode(key)
+    except TypeError as exc:
+        raise TypeError(f"session key {key!r} is not serializable: {exc}") from None
+    try:
+        encode(value)
+    except TypeError as exc:
+        raise TypeError(f"session value for key {key!r} is not serializable: {exc}") from None

@@ -1,0 +1,388 @@
+"""Manager configuration: the seeds' three calling forms, beego and snake_case keys.
+
+:class:`ManagerConfig` is the one frozen object the manager, the providers and
+the mixin read. :func:`build_config` turns every calling form of the seeds
+into one:
+
+* positional, seed 000: ``("memory", "gosessionid", 3600, "")`` is
+  ``(provider, cookie_name, max_lifetime, provider_config)``; the lifetime is
+  also the GC interval, as in beego;
+* positional, seed 004: the same plus ``secure, hash_func, hash_key,
+  cookie_lifetime``;
+* a beego JSON string, seeds 001/002:
+  ``("file", '{"cookieName":"gosessionid","gclifetime":3600,"ProviderConfig":"./tmp"}')``;
+* a dict and/or keyword arguments: ``("redis", {"cookie_name": "sid"}, provider_config="…")``.
+
+Keys match case-insensitively, with or without underscores, so beego's
+``cookieLifeTime`` and Python's ``cookie_lifetime`` are the same key. Unknown
+keys are ignored with a :class:`UserWarning`; a value of the wrong type raises
+:class:`~gosession_tornado.errors.ConfigError` naming the key. All times are
+in **seconds**.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["ManagerConfig", "build_config", "normalize_key", "SAME_SITE_VALUES"]
+
+#: Accepted ``same_site`` values (case-insensitive) and beego's ``http.SameSite`` ints.
+SAME_SITE_VALUES = {"lax": "Lax", "strict": "Strict", "none": "None"}
+_BEEGO_SAME_SITE = {0: "Lax", 1: "Lax", 2: "Lax", 3: "Strict", 4: "None"}
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{0,32}$")
+_COOKIE_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 7230 token
+_MIN_SID_BYTES = 16
+_MAX_SID_BYTES = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class ManagerConfig:
+    """Everything a :class:`~gosession_tornado.SessionManager` is configured with.
+
+    Field names are the snake_case keys; see the configuration reference in the
+    docs for each key's beego spelling.
+    """
+
+    provider: str = "memory"
+    #: Name of the cookie, and of the header/query parameter when those are enabled.
+    cookie_name: str = "gosessionid"
+    #: Write ``Set-Cookie`` for new, regenerated and destroyed sessions.
+    enable_set_cookie: bool = True
+    #: Seconds between two GC passes (> 0).
+    gc_lifetime: int = 3600
+    #: Server-side idle lifetime in seconds; defaults to ``gc_lifetime``.
+    max_lifetime: int = 3600
+    #: ``> 0``: cookie ``Max-Age``/``Expires`` in seconds; ``0``: browser-session cookie.
+    cookie_lifetime: int = 0
+    #: Provider-specific: a string (path, DSN, beego comma form, URL) or a dict.
+    provider_config: Any = ""
+    domain: str = ""
+    path: str = "/"
+    secure: bool = False
+    http_only: bool = True
+    #: ``"Lax"``, ``"Strict"`` or ``"None"`` (``None`` requires ``secure``).
+    same_site: str = "Lax"
+    #: CHIPS ``Partitioned`` attribute (requires ``secure``).
+    partitioned: bool = False
+    #: Random bytes in a generated session id (hex-encoded: twice as many chars).
+    session_id_length: int = 16
+    session_id_prefix: str = ""
+    enable_sid_in_http_header: bool = False
+    session_name_in_http_header: str = ""
+    enable_sid_in_url_query: bool = False
+    #: Seconds one provider call may take before ``ProviderUnavailableError``.
+    provider_timeout: float = 5.0
+    #: Prefix of keys in shared stores (redis family).
+    key_prefix: str = "gosession:"
+
+    @property
+    def header_name(self) -> str:
+        """The request/response header carrying the sid in header mode."""
+        return self.session_name_in_http_header or self.cookie_name
+
+    def replace(self, **changes: Any) -> ManagerConfig:
+        """Return a copy with *changes* applied (keys as in :func:`build_config`)."""
+        data = dataclasses.asdict(self)
+        data.update(changes)
+        return build_config(data)
+
+
+_BOOL = "bool"
+_INT = "int"
+_NUM = "number"
+_STR = "str"
+_ANY = "any"
+
+_FIELD_TYPES: dict[str, str] = {
+    "provider": _STR,
+    "cookie_name": _STR,
+    "enable_set_cookie": _BOOL,
+    "gc_lifetime": _INT,
+    "max_lifetime": _INT,
+    "cookie_lifetime": _INT,
+    "provider_config": _ANY,
+    "domain": _STR,
+    "path": _STR,
+    "secure": _BOOL,
+    "http_only": _BOOL,
+    "same_site": _ANY,
+    "partitioned": _BOOL,
+    "session_id_length": _INT,
+    "session_id_prefix": _STR,
+    "enable_sid_in_http_header": _BOOL,
+    "session_name_in_http_header": _STR,
+    "enable_sid_in_url_query": _BOOL,
+    "provider_timeout": _NUM,
+    "key_prefix": _STR,
+}
+
+
+def normalize_key(key: str) -> str:
+    """``"cookieLifeTime"``, ``"cookie_lifetime"`` and ``"COOKIE-LIFETIME"`` all give ``"cookielifetime"``."""
+    return re.sub(r"[_\-\s]", "", key).lower()
+
+
+_ALIASES: dict[str, str] = {normalize_key(f): f for f in _FIELD_TYPES}
+_ALIASES.update(
+    {
+        "gclifetime": "gc_lifetime",
+        "maxlifetime": "max_lifetime",
+        "cookielifetime": "cookie_lifetime",
+        "sessionidlength": "session_id_length",
+        "sessionidprefix": "session_id_prefix",
+        "enablesidinhttpheader": "enable_sid_in_http_header",
+        "sessionnameinhttpheader": "session_name_in_http_header",
+        "enablesidinurlquery": "enable_sid_in_url_query",
+        "cookiesamesite": "same_site",
+        "samesite": "same_site",
+        "httponly": "http_only",
+        "cookiedomain": "domain",
+        "cookiepath": "path",
+        "providername": "provider",
+        "providertimeout": "provider_timeout",
+        "keyprefix": "key_prefix",
+    }
+)
+#: Accepted for beego compatibility; ids always come from the OS CSPRNG.
+_IGNORED_WITH_WARNING = {"sessionidhashfunc", "sessionidhashkey"}
+
+
+def _check_type(field: str, key: str, value: Any) -> Any:
+    kind = _FIELD_TYPES[field]
+    if kind == _BOOL:
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"config key {key!r} must be a bool (true/false), got {type(value).__name__} {value!r}",
+                key=key,
+            )
+        return value
+    if kind == _INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(
+                f"config key {key!r} must be an integer number of seconds/bytes, "
+                f"got {type(value).__name__} {value!r}",
+                key=key,
+            )
+        return value
+    if kind == _NUM:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(
+                f"config key {key!r} must be a number of seconds, got {type(value).__name__} {value!r}",
+                key=key,
+            )
+        return float(value)
+    if kind == _STR:
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"config key {key!r} must be a string, got {type(value).__name__} {value!r}", key=key
+            )
+        return value
+    return value
+
+
+def _parse_json(text: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _positional(args: tuple[Any, ...]) -> dict[str, Any]:
+    """Map the seeds' positional forms onto keys."""
+    if not args:
+        return {}
+    if len(args) == 1:
+        first = args[0]
+        if isinstance(first, ManagerConfig):
+            return dataclasses.asdict(first)
+        if isinstance(first, Mapping):
+            return dict(first)
+        if isinstance(first, str) and first.lstrip().startswith("{"):
+            return _parse_json(first, "the session config string")
+        if isinstance(first, str):
+            return {"cookie_name": first}
+        raise ConfigError(
+            f"SessionManager's second argument must be a JSON string, a dict or a cookie name, "
+            f"got {type(first).__name__}"
+        )
+    if len(args) > 7:
+        raise ConfigError(
+            f"SessionManager takes at most 8 positional arguments "
+            f"(provider, cookie_name, max_lifetime, provider_config, secure, hash_func, hash_key, "
+            f"cookie_lifetime), got {len(args) + 1}"
+        )
+    names = [
+        "cookie_name",
+        "max_lifetime",
+        "provider_config",
+        "secure",
+        "sessionIDHashFunc",
+        "sessionIDHashKey",
+        "cookie_lifetime",
+    ]
+    out: dict[str, Any] = {}
+    for name, value in zip(names, args):
+        out[name] = value
+    if "max_lifetime" in out:
+        # beego's positional maxlifetime is both the data lifetime and the GC interval.
+        out["gc_lifetime"] = out["max_lifetime"]
+    return out
+
+
+def build_config(*args: Any, **kwargs: Any) -> ManagerConfig:
+    """Build a :class:`ManagerConfig` from any of the seeds' calling forms.
+
+    ``build_config(provider, *rest, **kwargs)``: *provider* may also be a dict
+    (``{"provider": "memory", ...}``) or a :class:`ManagerConfig`. Keyword
+    arguments override what the positional forms give.
+
+    :raises ConfigError: on a wrong type or an invalid value, naming the key.
+    """
+    raw: dict[str, Any] = {}
+    rest = args
+    if args:
+        first = args[0]
+        if isinstance(first, ManagerConfig):
+            raw.update(dataclasses.asdict(first))
+            rest = args[1:]
+        elif isinstance(first, Mapping):
+            raw.update(first)
+            rest = args[1:]
+        elif isinstance(first, str):
+            raw["provider"] = first
+            rest = args[1:]
+        else:
+            raise ConfigError(
+                f"the provider name must be a string, got {type(first).__name__} {first!r}",
+                key="provider",
+            )
+    raw.update(_positional(rest))
+    raw.update(kwargs)
+    return _from_mapping(raw)
+
+
+def _from_mapping(raw: Mapping[str, Any]) -> ManagerConfig:
+    values: dict[str, Any] = {}
+    seen_keys: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"config keys must be strings, got {key!r}")
+        norm = normalize_key(key)
+        if norm in _IGNORED_WITH_WARNING:
+            if value not in (None, "", "sha1"):
+                warnings.warn(
+                    f"config key {key!r} is accepted for beego compatibility but ignored: "
+                    "session ids always come from the OS CSPRNG",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            continue
+        if norm == "disablehttponly":
+            if not isinstance(value, bool):
+                raise ConfigError(f"config key {key!r} must be a bool, got {value!r}", key=key)
+            values["http_only"] = not value
+            seen_keys["http_only"] = key
+            continue
+        field = _ALIASES.get(norm)
+        if field is None:
+            warnings.warn(
+                f"unknown session config key {key!r} ignored (known keys: "
+                f"{', '.join(sorted(_FIELD_TYPES))})",
+                UserWarning,
+                stacklevel=4,
+            )
+            continue
+        if value is None and field != "provider_config":
+            continue  # JSON null means "default"
+        values[field] = _check_type(field, key, value)
+        seen_keys[field] = key
+
+    def name(field: str) -> str:
+        return seen_keys.get(field, field)
+
+    if "max_lifetime" not in values and "gc_lifetime" in values:
+        values["max_lifetime"] = values["gc_lifetime"]
+    if values.get("provider_config") is None:
+        values["provider_config"] = ""
+    pc = values.get("provider_config", "")
+    if not isinstance(pc, (str, Mapping)):
+        raise ConfigError(
+            f"config key {name('provider_config')!r} must be a string or a dict, got {type(pc).__name__}",
+            key=name("provider_config"),
+        )
+    if isinstance(pc, Mapping):
+        values["provider_config"] = dict(pc)
+
+    same_site = values.get("same_site", "Lax")
+    if isinstance(same_site, bool) or not isinstance(same_site, (str, int)):
+        raise ConfigError(
+            f"config key {name('same_site')!r} must be 'Lax', 'Strict', 'None' or a beego int 0-4, "
+            f"got {same_site!r}",
+            key=name("same_site"),
+        )
+    if isinstance(same_site, int):
+        if same_site not in _BEEGO_SAME_SITE:
+            raise ConfigError(
+                f"config key {name('same_site')!r}: beego SameSite ints are 0-4, got {same_site}",
+                key=name("same_site"),
+            )
+        same_site = _BEEGO_SAME_SITE[same_site]
+    canon = SAME_SITE_VALUES.get(same_site.lower())
+    if canon is None:
+        raise ConfigError(
+            f"config key {name('same_site')!r} must be 'Lax', 'Strict' or 'None', got {same_site!r}",
+            key=name("same_site"),
+        )
+    values["same_site"] = canon
+
+    cfg = ManagerConfig(**values)
+    _validate(cfg, name)
+    return cfg
+
+
+def _validate(cfg: ManagerConfig, name: Any) -> None:
+    def fail(field: str, msg: str) -> None:
+        raise ConfigError(f"config key {name(field)!r} {msg}", key=name(field))
+
+    if not cfg.provider:
+        fail("provider", "must name a provider, e.g. 'memory'")
+    if not _COOKIE_NAME_RE.match(cfg.cookie_name):
+        fail("cookie_name", f"must be a non-empty cookie token, got {cfg.cookie_name!r}")
+    if cfg.gc_lifetime <= 0:
+        fail("gc_lifetime", f"must be > 0 seconds, got {cfg.gc_lifetime}")
+    if cfg.max_lifetime <= 0:
+        fail("max_lifetime", f"must be > 0 seconds, got {cfg.max_lifetime}")
+    if cfg.cookie_lifetime < 0:
+        fail("cookie_lifetime", f"must be >= 0 seconds (0 = browser session), got {cfg.cookie_lifetime}")
+    if not (_MIN_SID_BYTES <= cfg.session_id_length <= _MAX_SID_BYTES):
+        fail(
+            "session_id_length",
+            f"must be between {_MIN_SID_BYTES} and {_MAX_SID_BYTES} random bytes, got {cfg.session_id_length}",
+        )
+    if not _PREFIX_RE.match(cfg.session_id_prefix):
+        fail("session_id_prefix", "may hold at most 32 characters of [A-Za-z0-9_-]")
+    if cfg.provider_timeout <= 0:
+        fail("provider_timeout", f"must be > 0 seconds, got {cfg.provider_timeout}")
+    if not cfg.path.startswith("/") or any(c in cfg.path for c in ";\r\n"):
+        fail("path", f"must start with '/' and hold no ';' or newline, got {cfg.path!r}")
+    if any(c in cfg.domain for c in ";\r\n ,"):
+        fail("domain", f"is not a valid cookie domain: {cfg.domain!r}")
+    if cfg.same_site == "None" and not cfg.secure:
+        warnings.warn(
+            "same_site='None' without secure=True: browsers reject such cookies", UserWarning, stacklevel=5
+        )
+    if cfg.enable_sid_in_http_header and not _COOKIE_NAME_RE.match(cfg.header_name):
+        fail("session_name_in_http_header", f"is not a valid header name: {cfg.header_name!r}")

@@ -1,0 +1,509 @@
+"""SessionManager: session ids, cookies, the provider actor and GC.
+
+The port of beego's ``session.Manager``. One manager owns one provider actor
+(see :mod:`gosession_tornado.actor`) and one
+:class:`tornado.ioloop.PeriodicCallback` that asks for a GC pass every
+``gc_lifetime`` seconds.
+
+What holds:
+
+* Session ids come from :func:`secrets.token_hex`: ``session_id_length``
+  random bytes as lowercase hex, after an optional prefix.
+* A client-supplied id is used only if it is well-formed *and* the provider
+  knows it; otherwise a new id is issued (no fixation, never a 500).
+* ``Set-Cookie`` carries ``Path``, ``HttpOnly``, ``SameSite`` (and ``Secure``,
+  ``Domain``, ``Partitioned``, ``Max-Age``/``Expires`` as configured); a
+  destroyed session's cookie is expired with the same attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import re
+import secrets
+import time
+import warnings
+from collections.abc import Generator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from tornado.ioloop import PeriodicCallback
+
+from .actor import ActorRef
+from .config import ManagerConfig, build_config
+from .errors import ProviderClosedError, SessionError
+from .provider import GC, All, DecodeCookie, Destroy, EncodeCookie, Message, Provider, Read, Regenerate, Release
+from .registry import lookup
+from .session import Session
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tornado.web import RequestHandler
+
+__all__ = ["SessionManager", "Stats"]
+
+log = logging.getLogger("gosession_tornado")
+
+_STATE_ATTR = "_gosession_state"
+
+
+class _RequestState:
+    """Per-request bookkeeping kept on the handler."""
+
+    def __init__(self) -> None:
+        #: cookie name -> full Set-Cookie header value, applied before headers go out
+        self.cookies: dict[str, str] = {}
+        #: id(manager) -> the session that manager started for this request
+        self.sessions: dict[int, Session] = {}
+        #: cookie names whose header was written
+        self.cookie_issued: set[int] = set()
+
+
+def request_state(handler: Any) -> _RequestState:
+    """The :class:`_RequestState` of *handler*, created on first use."""
+    state: _RequestState | None = getattr(handler, _STATE_ATTR, None)
+    if state is None:
+        state = _RequestState()
+        setattr(handler, _STATE_ATTR, state)
+    return state
+
+
+def apply_cookies(handler: Any) -> bool:
+    """Write the pending session cookies into *handler*'s headers.
+
+    Replaces earlier ``Set-Cookie`` headers for the same cookie names, so it may
+    run any number of times. Returns False (and logs) if the headers have
+    already been sent.
+    """
+    state: _RequestState | None = getattr(handler, _STATE_ATTR, None)
+    if state is None or not state.cookies:
+        return True
+    if getattr(handler, "_headers_written", False):
+        log.warning(
+            "session cookie(s) %s not sent: the response headers were already flushed; "
+            "touch the session before the first flush()",
+            ", ".join(sorted(state.cookies)),
+        )
+        return False
+    headers = handler._headers
+    existing = headers.get_list("Set-Cookie")
+    prefixes = tuple(f"{name}=" for name in state.cookies)
+    kept = [h for h in existing if not h.startswith(prefixes)]
+    if "Set-Cookie" in headers:
+        del headers["Set-Cookie"]
+    for value in kept:
+        headers.add("Set-Cookie", value)
+    for value in state.cookies.values():
+        headers.add("Set-Cookie", value)
+    return True
+
+
+class Stats(dict[str, Any]):
+    """A snapshot of :meth:`SessionManager.stats`, usable as a dict right away.
+
+    ``await manager.stats()`` additionally asks the provider for the current
+    number of active sessions; the plain call reports the last known count.
+    """
+
+    def __init__(self, manager: SessionManager, data: Mapping[str, Any]) -> None:
+        super().__init__(data)
+        self._manager = manager
+
+    def __await__(self) -> Generator[Any, None, Stats]:
+        return self._refresh().__await__()
+
+    async def _refresh(self) -> Stats:
+        try:
+            self["active_sessions"] = await self._manager.get_active_sessions()
+        except SessionError as exc:
+            self["active_sessions_error"] = str(exc)
+        return self
+
+
+class SessionManager:
+    """Manages the sessions of one cookie name over one provider.
+
+    Takes every calling form of the seeds (see :func:`~gosession_tornado.config.build_config`)::
+
+        SessionManager("memory", "gosessionid", 3600, "")
+        SessionManager("file", '{"cookieName":"gosessionid","gclifetime":3600,"ProviderConfig":"./tmp"}')
+        SessionManager("redis", {"cookie_name": "sid", "provider_config": "127.0.0.1:6379,100,"})
+        SessionManager("memory", cookie_name="sid", max_lifetime=600)
+
+    :raises ConfigError: for a bad configuration.
+    :raises UnknownProviderError: for an unknown provider name, or a built-in
+        whose client library is not installed.
+    """
+
+    def __init__(self, provider: Any = "memory", *args: Any, **kwargs: Any) -> None:
+        self.config: ManagerConfig = build_config(provider, *args, **kwargs)
+        self._provider_cls: type[Provider] = lookup(self.config.provider)
+        self._actor: ActorRef | None = None
+        self._gc_callback: PeriodicCallback | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._closed = False
+        self._last_active: int | None = None
+        self._sid_re = self._compile_sid_re()
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def provider_name(self) -> str:
+        """Name of the provider this manager uses."""
+        return self.config.provider
+
+    @property
+    def client_side(self) -> bool:
+        """True when the provider keeps sessions in the cookie itself."""
+        return self._provider_cls.client_side
+
+    @property
+    def started(self) -> bool:
+        """True between :meth:`start` and :meth:`close`."""
+        return self._actor is not None and self._actor.running
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close` (until an explicit :meth:`start`)."""
+        return self._closed
+
+    async def start(self) -> None:
+        """Start the provider actor and the GC callback (beego: ``go m.GC()``).
+
+        Idempotent and safe to call concurrently.
+
+        :raises ProviderUnavailableError: if the provider cannot reach its store;
+            calling again later retries.
+        """
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self.started:
+                return
+            provider = self._provider_cls()
+            provider.manager_config = self.config
+            actor = ActorRef(provider, name=self.config.provider, timeout=self.config.provider_timeout)
+            await actor.start(self.config.max_lifetime, self.config.provider_config)
+            self._actor = actor
+            self._closed = False
+            self._gc_callback = PeriodicCallback(
+                self._gc_tick, self.config.gc_lifetime * 1000, jitter=0.1
+            )
+            self._gc_callback.start()
+            log.debug("session manager started: provider %r", self.config.provider)
+
+    async def close(self) -> None:
+        """Stop GC, fail pending calls with ``ProviderClosedError``, close the provider."""
+        self._closed = True
+        if self._gc_callback is not None:
+            self._gc_callback.stop()
+            self._gc_callback = None
+        if self._actor is not None:
+            await self._actor.close()
+
+    async def __aenter__(self) -> SessionManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def ensure_started(self) -> None:
+        """Start on first use; a closed manager raises ``ProviderClosedError``."""
+        if self.started:
+            return
+        if self._closed:
+            raise ProviderClosedError(
+                f"session manager for provider {self.config.provider!r} was closed"
+            )
+        await self.start()
+
+    def _gc_tick(self) -> None:
+        if self._actor is not None:
+            self._actor.tell(GC())
+
+    async def _ask(self, message: Message) -> Any:
+        await self.ensure_started()
+        assert self._actor is not None
+        return await self._actor.ask(message)
+
+    # ------------------------------------------------------------ ids
+
+    def _compile_sid_re(self) -> re.Pattern[str]:
+        n = self.config.session_id_length * 2
+        return re.compile(rf"^{re.escape(self.config.session_id_prefix)}[0-9a-f]{{{n}}}\Z")
+
+    def new_sid(self) -> str:
+        """A fresh session id: prefix + ``session_id_length`` CSPRNG bytes as hex."""
+        return self.config.session_id_prefix + secrets.token_hex(self.config.session_id_length)
+
+    def valid_sid(self, sid: object) -> bool:
+        """True if *sid* has the exact shape this manager generates."""
+        return isinstance(sid, str) and self._sid_re.match(sid) is not None
+
+    def _raw_from_request(self, handler: RequestHandler) -> str | None:
+        c = self.config
+        value: str | None = None
+        try:
+            value = handler.get_cookie(c.cookie_name)
+        except Exception:  # a malformed Cookie header is just "no cookie"
+            value = None
+        if not value and c.enable_sid_in_http_header:
+            value = handler.request.headers.get(c.header_name)
+        if not value and c.enable_sid_in_url_query:
+            raw = handler.request.query_arguments.get(c.cookie_name)
+            if raw:
+                value = raw[-1].decode("latin-1")
+        if value is not None and len(value) > 8192:
+            return None
+        return value or None
+
+    # ------------------------------------------------------------ cookies
+
+    def _cookie_header(self, value: str, max_age: int | None) -> str:
+        c = self.config
+        parts = [f"{c.cookie_name}={value}", f"Path={c.path}"]
+        if c.domain:
+            parts.append(f"Domain={c.domain}")
+        if max_age is not None:
+            parts.append(f"Expires={email.utils.formatdate(time.time() + max_age, usegmt=True)}")
+            parts.append(f"Max-Age={max_age}")
+        if c.http_only:
+            parts.append("HttpOnly")
+        if c.secure:
+            parts.append("Secure")
+        parts.append(f"SameSite={c.same_site}")
+        if c.partitioned:
+            parts.append("Partitioned")
+        return "; ".join(parts)
+
+    def _expire_header(self) -> str:
+        c = self.config
+        parts = [
+            f"{c.cookie_name}=",
+            f"Path={c.path}",
+        ]
+        if c.domain:
+            parts.append(f"Domain={c.domain}")
+        parts.append("Expires=Thu, 01 Jan 1970 00:00:00 GMT")
+        parts.append("Max-Age=0")
+        if c.http_only:
+            parts.append("HttpOnly")
+        if c.secure:
+            parts.append("Secure")
+        parts.append(f"SameSite={c.same_site}")
+        if c.partitioned:
+            parts.append("Partitioned")
+        return "; ".join(parts)
+
+    def cookie_max_age(self, session: Session) -> int | None:
+        """``Max-Age`` for *session*'s cookie in seconds, or ``None`` for a browser-session cookie."""
+        if session.expiry is not None:
+            return session.expiry if session.expiry > 0 else None
+        return self.config.cookie_lifetime if self.config.cookie_lifetime > 0 else None
+
+    def server_lifetime(self, session: Session) -> int:
+        """Seconds the provider keeps *session* after its last access."""
+        if session.expiry is not None and session.expiry > 0:
+            return session.expiry
+        return self.config.max_lifetime
+
+    def _issue(self, handler: RequestHandler | None, session: Session, value: str | None = None) -> None:
+        """Queue (and write, if still possible) the cookie/header carrying *session*."""
+        if handler is None:
+            return
+        state = request_state(handler)
+        if self.config.enable_set_cookie:
+            state.cookies[self.config.cookie_name] = self._cookie_header(
+                value if value is not None else session.session_id, self.cookie_max_age(session)
+            )
+            apply_cookies(handler)
+        if self.config.enable_sid_in_http_header and not self.client_side:
+            if not getattr(handler, "_headers_written", False):
+                handler.set_header(self.config.header_name, session.session_id)
+        state.cookie_issued.add(id(session))
+
+    def _expire(self, handler: RequestHandler | None) -> None:
+        if handler is None or not self.config.enable_set_cookie:
+            return
+        state = request_state(handler)
+        state.cookies[self.config.cookie_name] = self._expire_header()
+        apply_cookies(handler)
+
+    # ------------------------------------------------------------ sessions
+
+    def current_session(self, handler: RequestHandler) -> Session | None:
+        """The session this manager started for *handler*'s request, if any."""
+        return request_state(handler).sessions.get(id(self))
+
+    async def session_start(self, handler: RequestHandler) -> Session:
+        """The session of *handler*'s request (beego's ``SessionStart``).
+
+        Reuses the client's session if its id is well-formed and known to the
+        provider; otherwise starts a new one and queues its cookie. Calling it
+        twice in one request returns the same :class:`Session`.
+
+        :raises ProviderUnavailableError: if the provider is down or slow.
+        """
+        state = request_state(handler)
+        existing = state.sessions.get(id(self))
+        if existing is not None and not existing.destroyed:
+            return existing
+        await self.ensure_started()
+        raw = self._raw_from_request(handler)
+        session: Session | None = None
+        if self.client_side:
+            if raw:
+                decoded = await self._ask(DecodeCookie(raw))
+                if decoded is not None:
+                    sid, data, expiry = decoded
+                    session = Session(self, sid, data, expiry=expiry)
+        elif raw is not None and self.valid_sid(raw):
+            data = await self._ask(Read(raw))
+            if data is not None:
+                session = Session(self, raw, data)
+                if self.config.enable_sid_in_http_header and not getattr(handler, "_headers_written", False):
+                    handler.set_header(self.config.header_name, raw)
+        if session is None:
+            session = Session(self, self.new_sid(), {}, is_new=True)
+            if not self.client_side:
+                self._issue(handler, session)
+        state.sessions[id(self)] = session
+        return session
+
+    def fresh_session(self, handler: RequestHandler | None) -> Session:
+        """A new empty session that is saved (and gets a cookie) only if modified."""
+        session = Session(self, self.new_sid(), {}, is_new=True, save_if_unmodified=False)
+        if handler is not None:
+            request_state(handler).sessions[id(self)] = session
+        return session
+
+    async def release_session(self, session: Session, handler: RequestHandler | None = None) -> None:
+        """Save *session*'s changes (beego's ``SessionRelease``); see :meth:`Session.release`.
+
+        A session whose expiry was set negative is destroyed instead.
+
+        :raises ProviderUnavailableError: if the provider is down or slow.
+        :raises CookieTooLargeError: (cookie provider) if the cookie would be too large.
+        """
+        if session.destroyed:
+            return
+        if session.expiry is not None and session.expiry < 0:
+            await self._destroy_session(session, handler)
+            return
+        if not session.needs_save():
+            return
+        expiry_changed = session._expiry_changed
+        was_new = session.is_new
+        lifetime = self.server_lifetime(session)
+        if self.client_side:
+            value = await self._ask(EncodeCookie(session.session_id, session.to_dict(), lifetime))
+            session._mark_saved()
+            self._issue(handler, session, value)
+            return
+        changes = session.changes()
+        await self._ask(Release(session.session_id, changes, lifetime))
+        issued = handler is not None and id(session) in request_state(handler).cookie_issued
+        session._mark_saved()
+        if handler is not None and (expiry_changed or (was_new and not issued)):
+            self._issue(handler, session)
+
+    async def session_destroy(self, handler: RequestHandler) -> None:
+        """Delete the request's session and expire its cookie (beego's ``SessionDestroy``)."""
+        session = self.current_session(handler)
+        if session is not None:
+            await self._destroy_session(session, handler)
+            return
+        raw = self._raw_from_request(handler)
+        if raw is not None and not self.client_side and self.valid_sid(raw):
+            await self._ask(Destroy(raw))
+        self._expire(handler)
+
+    async def _destroy_session(self, session: Session, handler: RequestHandler | None) -> None:
+        if not self.client_side and not session.is_new:  # a new session was never stored
+            await self._ask(Destroy(session.session_id))
+        session._mark_destroyed()
+        self._expire(handler)
+
+    async def session_regenerate_id(self, handler: RequestHandler) -> Session:
+        """Move the request's session to a new id (beego's ``SessionRegenerateId``).
+
+        The data moves atomically in the provider and the old id stops
+        working. Call it at login to prevent session fixation. Returns the same
+        :class:`Session` object, now under the new id.
+        """
+        session = self.current_session(handler)
+        if session is None or session.destroyed:
+            session = await self.session_start(handler)
+        old = session.session_id
+        new = self.new_sid()
+        if not self.client_side and not session.is_new:
+            await self._ask(Regenerate(old, new))
+        session._rebind(new)
+        if self.client_side:
+            session._save_if_unmodified = True  # the cookie must be re-issued
+        else:
+            self._issue(handler, session)
+        return session
+
+    # ------------------------------------------------------------ admin
+
+    async def get_active_sessions(self) -> int:
+        """Number of live sessions in the provider (beego's ``GetActiveSession``)."""
+        n = int(await self._ask(All()))
+        self._last_active = n
+        return n
+
+    async def gc(self) -> None:
+        """Run one GC pass now and wait for it."""
+        await self._ask(GC())
+
+    async def read(self, sid: str) -> dict[Any, Any] | None:
+        """The stored data of *sid* (without a request), or ``None``; for admin tools and tests."""
+        if not self.valid_sid(sid):
+            return None
+        data: dict[Any, Any] | None = await self._ask(Read(sid))
+        return data
+
+    def set_secure(self, secure: bool) -> None:
+        """Turn the cookie's ``Secure`` attribute on or off (beego's ``SetSecure``)."""
+        self.config = self.config.replace(secure=bool(secure))
+
+    def set_hash_func(self, hasher: str, key: str = "") -> None:
+        """Accepted for beego compatibility; ids always come from the OS CSPRNG."""
+        warnings.warn(
+            f"set_hash_func({hasher!r}, …) is ignored: session ids come from the OS CSPRNG "
+            "(secrets.token_hex), which needs no hashing",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    # beego spellings
+    SessionStart = session_start
+    SessionDestroy = session_destroy
+    SessionRegenerateId = session_regenerate_id
+    GetActiveSession = get_active_sessions
+    SetSecure = set_secure
+    SetHashFunc = set_hash_func
+
+    def stats(self) -> Stats:
+        """Provider, active sessions, mailbox depth, and per-kind calls/errors/latency.
+
+        Usable as a dict at once; ``await manager.stats()`` also refreshes
+        ``active_sessions`` from the provider. Latencies are milliseconds.
+        """
+        actor = self._actor
+        data: dict[str, Any] = {
+            "provider": self.config.provider,
+            "started": self.started,
+            "active_sessions": self._last_active,
+            "mailbox_depth": actor.mailbox_depth() if actor else 0,
+            "batches": actor.batches if actor else 0,
+            "largest_batch": actor.largest_batch if actor else 0,
+            "calls": actor.stats() if actor else {},
+        }
+        return Stats(self, data)
+
+    def __repr__(self) -> str:
+        return f"<SessionManager provider={self.config.provider!r} cookie={self.config.cookie_name!r}>"
+

@@ -1,0 +1,313 @@
+"""The provider interface (beego's verbs, async) and the messages actors carry.
+
+A provider owns one session store. Its methods are called **only from inside
+its actor task** (see :mod:`gosession_tornado.actor`), one batch at a time,
+so a provider needs no locks around its own state.
+
+Session data crosses this interface as a plain ``dict`` mapping keys
+(``str``/``int``/anything :mod:`~gosession_tornado.codec` serializes) to
+values. A provider serializes with :func:`gosession_tornado.codec.encode`
+when its store needs bytes.
+
+Write your own by subclassing :class:`Provider` and calling
+:func:`gosession_tornado.register`::
+
+    class OwnProvider(Provider):
+        async def session_init(self, max_lifetime, config): ...
+        async def session_read(self, sid): ...
+        ...
+
+    register("own", OwnProvider)
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+__all__ = [
+    "Provider",
+    "Changes",
+    "Message",
+    "Init",
+    "Read",
+    "Exist",
+    "Regenerate",
+    "Destroy",
+    "All",
+    "GC",
+    "Release",
+    "DecodeCookie",
+    "EncodeCookie",
+    "Close",
+    "SessionData",
+]
+
+SessionData = dict[Any, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Changes:
+    """What one request did to a session: the delta a release applies.
+
+    Applying it to the stored record ``r`` means: if :attr:`flushed`, clear
+    ``r``; then delete every key in :attr:`deleted`; then set every item of
+    :attr:`set`. Keys neither set nor deleted keep whatever value the store
+    holds *now*, which is what prevents lost updates between concurrent
+    requests.
+    """
+
+    #: Keys assigned during the request, with their final values.
+    set: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    #: Keys deleted during the request (and not set again afterwards).
+    deleted: frozenset[Any] = frozenset()
+    #: ``session.flush()`` was called: clear the stored record first.
+    flushed: bool = False
+    #: The record may be created if missing (a new session). When False and the
+    #: record is gone (destroyed or expired meanwhile), the release must not
+    #: resurrect it.
+    create: bool = False
+    #: The full data the request ended with; only client-side providers (cookie) need it.
+    full: dict[Any, Any] | None = None
+
+    @property
+    def empty(self) -> bool:
+        """True when applying these changes would change no stored key."""
+        return not self.set and not self.deleted and not self.flushed
+
+    def apply(self, data: dict[Any, Any]) -> dict[Any, Any]:
+        """Apply the delta to *data* in place and return it."""
+        if self.flushed:
+            data.clear()
+        for key in self.deleted:
+            data.pop(key, None)
+        data.update(self.set)
+        return data
+
+
+# ---------------------------------------------------------------- messages
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """Base of the messages a provider actor handles."""
+
+    kind: ClassVar[str] = "message"
+
+
+@dataclasses.dataclass(frozen=True)
+class Init(Message):
+    kind: ClassVar[str] = "init"
+    max_lifetime: int
+    config: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Read(Message):
+    kind: ClassVar[str] = "read"
+    sid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Exist(Message):
+    kind: ClassVar[str] = "exist"
+    sid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Regenerate(Message):
+    kind: ClassVar[str] = "regenerate"
+    old_sid: str
+    sid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Destroy(Message):
+    kind: ClassVar[str] = "destroy"
+    sid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class All(Message):
+    kind: ClassVar[str] = "all"
+
+
+@dataclasses.dataclass(frozen=True)
+class GC(Message):
+    kind: ClassVar[str] = "gc"
+
+
+@dataclasses.dataclass(frozen=True)
+class Release(Message):
+    kind: ClassVar[str] = "release"
+    sid: str
+    changes: Changes
+    expiry: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeCookie(Message):
+    kind: ClassVar[str] = "decode_cookie"
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeCookie(Message):
+    kind: ClassVar[str] = "encode_cookie"
+    sid: str
+    data: dict[Any, Any]
+    expiry: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Close(Message):
+    kind: ClassVar[str] = "close"
+
+
+# ---------------------------------------------------------------- provider
+
+
+class Provider(abc.ABC):
+    """A session store, driven by its actor.
+
+    Lifetimes are in seconds. ``sid`` arguments have already been validated by
+    the manager (``[A-Za-z0-9_-]``, 32-160 characters), but a provider that
+    builds paths or keys from them should check again.
+
+    Methods that subclasses must implement: :meth:`session_init`,
+    :meth:`session_read`, :meth:`session_exist`, :meth:`session_regenerate`,
+    :meth:`session_destroy`, :meth:`session_all`, :meth:`session_gc`,
+    :meth:`session_release`. Optional: :meth:`session_close`,
+    :meth:`handle_batch` (to turn a batch into one round trip).
+    """
+
+    #: True for providers whose whole state lives in the client's cookie.
+    client_side: ClassVar[bool] = False
+    #: Extra that provides this provider's client library (for error messages).
+    extra: ClassVar[str | None] = None
+
+    def __init__(self) -> None:
+        self.max_lifetime = 3600
+        #: The manager's configuration; set by the manager before ``session_init``.
+        self.manager_config: Any = None
+
+    # -- methods that subclasses must implement ---------------------------
+
+    @abc.abstractmethod
+    async def session_init(self, max_lifetime: int, config: Any) -> None:
+        """Open the store. *config* is ``provider_config`` (string or dict).
+
+        Raise :class:`~gosession_tornado.errors.ConfigError` for a bad config
+        and :class:`~gosession_tornado.errors.ProviderUnavailableError` when
+        the store cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def session_read(self, sid: str) -> SessionData | None:
+        """Return the data of a live session and refresh its last access, or ``None``.
+
+        ``None`` means unknown or expired; reading never creates a record.
+        An expired record must never be returned, even before GC has run.
+        """
+
+    @abc.abstractmethod
+    async def session_exist(self, sid: str) -> bool:
+        """True if *sid* names a live (unexpired) session. Does not refresh it."""
+
+    @abc.abstractmethod
+    async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
+        """Move the record of *old_sid* to *sid* atomically; *old_sid* stops existing.
+
+        Returns the moved data (an empty dict, and a new empty record, when
+        *old_sid* did not exist).
+        """
+
+    @abc.abstractmethod
+    async def session_destroy(self, sid: str) -> None:
+        """Delete the record of *sid*; a missing record is not an error."""
+
+    @abc.abstractmethod
+    async def session_all(self) -> int:
+        """Number of live sessions."""
+
+    @abc.abstractmethod
+    async def session_gc(self) -> None:
+        """Remove every expired record."""
+
+    @abc.abstractmethod
+    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
+        """Apply *changes* to the record of *sid* and set its idle lifetime to *expiry* seconds.
+
+        Only the keys in *changes* are written, atomically, so that a concurrent
+        request's keys survive. A missing record is created only if
+        ``changes.create``; otherwise the release is dropped (the session was
+        destroyed or expired meanwhile).
+        """
+
+    # -- optional ----------------------------------------------------------
+
+    async def session_close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections, pools and files. Called once, inside the actor."""
+
+    async def cookie_decode(self, value: str) -> tuple[str, SessionData, int | None] | None:
+        """Client-side providers: ``(sid, data, expiry)`` from a cookie value, or ``None``.
+
+        *expiry* is the per-session lifetime set with ``set_expiry`` (seconds),
+        or ``None`` for the manager's default. ``None`` as a whole means the
+        cookie is missing, tampered, expired or undecodable (log a warning).
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not a client-side provider")
+
+    async def cookie_encode(self, sid: str, data: SessionData, expiry: int) -> str:
+        """Client-side providers: the cookie value that carries *data* for *expiry* seconds.
+
+        Raise :class:`~gosession_tornado.errors.CookieTooLargeError` if the
+        value would be over 4096 bytes.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not a client-side provider")
+
+    async def dispatch(self, message: Message) -> Any:
+        """Run the verb that *message* names and return its result."""
+        if isinstance(message, Read):
+            return await self.session_read(message.sid)
+        if isinstance(message, Release):
+            return await self.session_release(message.sid, message.changes, message.expiry)
+        if isinstance(message, Exist):
+            return await self.session_exist(message.sid)
+        if isinstance(message, Regenerate):
+            return await self.session_regenerate(message.old_sid, message.sid)
+        if isinstance(message, Destroy):
+            return await self.session_destroy(message.sid)
+        if isinstance(message, All):
+            return await self.session_all()
+        if isinstance(message, GC):
+            return await self.session_gc()
+        if isinstance(message, DecodeCookie):
+            return await self.cookie_decode(message.value)
+        if isinstance(message, EncodeCookie):
+            return await self.cookie_encode(message.sid, message.data, message.expiry)
+        if isinstance(message, Init):
+            self.max_lifetime = message.max_lifetime
+            return await self.session_init(message.max_lifetime, message.config)
+        if isinstance(message, Close):
+            return await self.session_close()
+        raise TypeError(f"unknown provider message {message!r}")
+
+    async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
+        """Handle every message the actor drained in one turn.
+
+        Returns one outcome per message, in order: the verb's result, or the
+        exception it raised (an exception fails only its own message). The
+        default handles them one after another; network providers override
+        this to send a batch in one round trip (a pipeline, an ``IN (…)``
+        query).
+        """
+        results: list[Any] = []
+        for message in messages:
+            try:
+                results.append(await self.dispatch(message))
+            except Exception as exc:  # one message fails, the batch goes on
+                results.append(exc)
+        return results

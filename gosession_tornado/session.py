@@ -1,0 +1,252 @@
+"""The in-request session: a mapping with change tracking, flashes and expiry.
+
+A :class:`Session` is a plain in-memory dict for the duration of one request.
+It records which keys were set and deleted, so that releasing it sends only
+those changes to the provider (see :class:`~gosession_tornado.provider.Changes`);
+keys another request changed meanwhile survive.
+
+Values are checked at :meth:`Session.set` time: anything the codec cannot
+serialize raises :class:`TypeError` naming the key. Mutating a stored value in
+place (``session["cart"].append(x)``) is not seen; assign it again or call
+:meth:`Session.mark_modified`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from . import codec
+from .provider import Changes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tornado.web import RequestHandler
+
+    from .manager import SessionManager
+
+__all__ = ["Session", "FLASH_KEY"]
+
+#: Default key flashes are stored under.
+FLASH_KEY = "_flash"
+
+_MISSING = object()
+
+
+class Session(MutableMapping[Any, Any]):
+    """One session as seen by one request.
+
+    Created by :meth:`SessionManager.session_start`; not meant to be built by
+    hand. Supports ``s[k]``, ``s[k] = v``, ``del s[k]``, ``k in s``,
+    ``len(s)``, ``iter(s)`` and beego's ``get``/``set``/``delete``/``flush``.
+    """
+
+    def __init__(
+        self,
+        manager: SessionManager | None,
+        sid: str,
+        data: dict[Any, Any] | None = None,
+        *,
+        is_new: bool = False,
+        expiry: int | None = None,
+        save_if_unmodified: bool | None = None,
+    ) -> None:
+        self._manager = manager
+        self._sid = sid
+        self._data: dict[Any, Any] = dict(data or {})
+        self._set: dict[Any, Any] = {}
+        self._deleted: set[Any] = set()
+        self._flushed = False
+        self._is_new = is_new
+        #: Seconds; ``None`` means the manager's ``max_lifetime``.
+        self._expiry = expiry
+        self._expiry_changed = False
+        self._regenerated = False
+        self._destroyed = False
+        self._released = False
+        self._save_if_unmodified = is_new if save_if_unmodified is None else save_if_unmodified
+
+    # ------------------------------------------------------------ identity
+
+    @property
+    def session_id(self) -> str:
+        """The session id (beego's ``SessionID()``)."""
+        return self._sid
+
+    def SessionID(self) -> str:  # noqa: N802 - beego spelling
+        """beego's spelling of :attr:`session_id`."""
+        return self._sid
+
+    @property
+    def is_new(self) -> bool:
+        """True if this session was created by this request (no valid sid came in)."""
+        return self._is_new
+
+    @property
+    def modified(self) -> bool:
+        """True if this request set, deleted or flushed keys or changed the expiry."""
+        return bool(self._set or self._deleted or self._flushed or self._expiry_changed)
+
+    @property
+    def expiry(self) -> int | None:
+        """This session's lifetime in seconds set by :meth:`set_expiry`, else ``None``."""
+        return self._expiry
+
+    @property
+    def destroyed(self) -> bool:
+        """True once the session was destroyed in this request."""
+        return self._destroyed
+
+    # ------------------------------------------------------------ mapping
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.set(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        if key not in self._data:
+            raise KeyError(key)
+        self.delete(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._data))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"<Session {self._sid[:8]}… keys={len(self._data)} new={self._is_new} modified={self.modified}>"
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """Value of *key*, or *default* (beego's ``Get``)."""
+        return self._data.get(key, default)
+
+    def set(self, key: Any, value: Any) -> None:
+        """Set *key* to *value* (beego's ``Set``).
+
+        :raises TypeError: naming *key* if *key* or *value* cannot be serialized.
+        """
+        codec.check_serializable(key, value)
+        self._data[key] = value
+        self._set[key] = value
+        self._deleted.discard(key)
+
+    def delete(self, key: Any) -> None:
+        """Remove *key*; a missing key is not an error (beego's ``Delete``)."""
+        self._data.pop(key, None)
+        self._set.pop(key, None)
+        self._deleted.add(key)
+
+    def flush(self) -> None:
+        """Remove every key (beego's ``Flush``); the stored record is cleared at release."""
+        self._data.clear()
+        self._set.clear()
+        self._deleted.clear()
+        self._flushed = True
+
+    def clear(self) -> None:
+        """Same as :meth:`flush`."""
+        self.flush()
+
+    def mark_modified(self, key: Any) -> None:
+        """Record that the value under *key* was mutated in place, so it is saved."""
+        if key in self._data:
+            self.set(key, self._data[key])
+
+    def to_dict(self) -> dict[Any, Any]:
+        """A shallow copy of the data."""
+        return dict(self._data)
+
+    # ------------------------------------------------------------ beego names
+
+    Get = get
+    Set = set
+    Delete = delete
+    Flush = flush
+
+    # ------------------------------------------------------------ flashes
+
+    def add_flash(self, value: Any, key: str = FLASH_KEY) -> None:
+        """Queue a flash message under *key*; it lasts until :meth:`flashes` reads it."""
+        codec.check_serializable(key, value)
+        current = self._data.get(key)
+        queue = list(current) if isinstance(current, list) else []
+        queue.append(value)
+        self.set(key, queue)
+
+    def flashes(self, key: str = FLASH_KEY) -> list[Any]:
+        """Return and remove the flash messages under *key* (read once)."""
+        current = self._data.get(key, _MISSING)
+        if current is _MISSING:
+            return []
+        self.delete(key)
+        return list(current) if isinstance(current, list) else [current]
+
+    # ------------------------------------------------------------ expiry
+
+    def set_expiry(self, seconds: int) -> None:
+        """Set this session's lifetime ("remember me"), in seconds.
+
+        ``> 0``: the server keeps the session that long after its last access
+        and the cookie gets ``Max-Age=seconds``. ``0``: a browser-session
+        cookie; the server uses the manager's ``max_lifetime``. ``< 0``: the
+        session is destroyed when the request ends (gorilla's ``MaxAge < 0``).
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int):
+            raise TypeError(f"set_expiry() takes whole seconds, got {seconds!r}")
+        self._expiry = seconds
+        self._expiry_changed = True
+
+    # ------------------------------------------------------------ release
+
+    def changes(self) -> Changes:
+        """The delta this request made (what :meth:`release` sends)."""
+        return Changes(
+            set=dict(self._set),
+            deleted=frozenset(self._deleted),
+            flushed=self._flushed,
+            create=self._is_new,
+        )
+
+    def needs_save(self) -> bool:
+        """True if releasing this session would write anything."""
+        if self._destroyed or self._released:
+            return False
+        return self.modified or self._save_if_unmodified
+
+    async def release(self, handler: RequestHandler | None = None) -> None:
+        """Save the changes to the provider (beego's ``SessionRelease``).
+
+        The :class:`~gosession_tornado.SessionMixin` calls this for you before
+        the response is sent. Releasing twice writes once; changes made after a
+        release are tracked again and written by the next release.
+        """
+        if self._manager is None:
+            raise RuntimeError("this Session is not attached to a SessionManager")
+        await self._manager.release_session(self, handler)
+
+    SessionRelease = release
+
+    # -- used by the manager ---------------------------------------------
+
+    def _mark_saved(self) -> None:
+        self._set.clear()
+        self._deleted.clear()
+        self._flushed = False
+        self._expiry_changed = False
+        self._is_new = False
+        self._save_if_unmodified = False
+
+    def _rebind(self, sid: str) -> None:
+        self._sid = sid
+        self._regenerated = True
+
+    def _mark_destroyed(self) -> None:
+        self._destroyed = True
+        self._data.clear()
+        self._set.clear()
+        self._deleted.clear()

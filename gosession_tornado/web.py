@@ -1,0 +1,307 @@
+"""Tornado glue: :class:`SessionMixin` and the application-settings lookup.
+
+Put the mixin before :class:`tornado.web.RequestHandler`::
+
+    class Handler(SessionMixin, tornado.web.RequestHandler):
+        async def get(self):
+            self.session["n"] = self.session.get("n", 0) + 1
+
+and give the application one of these settings:
+
+* ``session_manager=SessionManager(...)``;
+* ``session={"provider": "memory", "cookie_name": "sid", ...}`` (a manager is
+  built from the dict on first use);
+* ``session_managers={"main": m1, "prefs": m2}`` (values may be managers or
+  dicts); ``self.session`` uses ``"main"`` (or ``"default"``, or the only one),
+  and ``await self.get_session("prefs")`` the others.
+
+When each hook runs:
+
+* :meth:`SessionMixin.prepare` loads ``self.session`` (starting the manager on
+  first use). A subclass that overrides ``prepare`` must
+  ``await super().prepare()``.
+* :meth:`SessionMixin.finish` (and the first :meth:`SessionMixin.flush`) saves
+  every session the request touched **before** the response goes out, so a
+  client that sends its next request the moment the response arrives sees the
+  new data. Cookies are written into the headers at the same point.
+* A provider that is down or slow answers the request with HTTP 503
+  ("Session store unavailable"); the next request retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tornado.web import HTTPError, RequestHandler
+
+from .errors import ConfigError, CookieTooLargeError, ProviderUnavailableError, SessionError
+from .manager import SessionManager, apply_cookies, request_state
+from .session import Session
+
+__all__ = ["SessionMixin", "managers_for", "DEFAULT_NAMES"]
+
+log = logging.getLogger("gosession_tornado")
+
+#: Names ``self.session`` looks for in ``session_managers``, in order.
+DEFAULT_NAMES = ("main", "default", "session")
+_APP_ATTR = "_gosession_managers"
+
+if TYPE_CHECKING:  # pragma: no cover
+    _Base = RequestHandler
+else:
+    _Base = object
+
+
+def _as_manager(name: str, value: Any) -> SessionManager:
+    if isinstance(value, SessionManager):
+        return value
+    if isinstance(value, Mapping):
+        return SessionManager(dict(value))
+    raise ConfigError(
+        f"application setting for session manager {name!r} must be a SessionManager or a dict, "
+        f"got {type(value).__name__}",
+        key=name,
+    )
+
+
+def managers_for(application: Any) -> dict[str, SessionManager]:
+    """The session managers configured in *application*'s settings, by name.
+
+    The manager behind ``self.session`` is under the key ``""``. Built once per
+    application and cached on it.
+    """
+    cached: dict[str, SessionManager] | None = getattr(application, _APP_ATTR, None)
+    if cached is not None:
+        return cached
+    settings: Mapping[str, Any] = application.settings
+    managers: dict[str, SessionManager] = {}
+    named = settings.get("session_managers")
+    if named is not None:
+        if not isinstance(named, Mapping):
+            raise ConfigError("application setting 'session_managers' must be a dict of name -> manager")
+        for name, value in named.items():
+            managers[str(name)] = _as_manager(str(name), value)
+    main: SessionManager | None = None
+    if settings.get("session_manager") is not None:
+        main = _as_manager("session_manager", settings["session_manager"])
+    elif settings.get("session") is not None:
+        main = _as_manager("session", settings["session"])
+    elif managers:
+        for candidate in DEFAULT_NAMES:
+            if candidate in managers:
+                main = managers[candidate]
+                break
+        else:
+            main = next(iter(managers.values()))
+    if main is not None:
+        managers[""] = main
+    setattr(application, _APP_ATTR, managers)
+    return managers
+
+
+class SessionMixin(_Base):
+    """Gives a :class:`~tornado.web.RequestHandler` ``self.session``.
+
+    Class attribute :attr:`session_manager_name` picks which named manager
+    backs ``self.session`` (default: the main one). Set
+    :attr:`session_autoload` to False to skip loading in ``prepare()``
+    (``self.session`` then loads nothing; use ``await self.get_session()``).
+    """
+
+    #: Which manager of ``session_managers`` backs ``self.session``; ``None`` = the main one.
+    session_manager_name: ClassVar[str | None] = None
+    #: Load ``self.session`` in ``prepare()``.
+    session_autoload: ClassVar[bool] = True
+
+    _gs_session: Session | None = None
+    _gs_tail: asyncio.Future[Any] | None = None
+    _gs_finish_future: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------ managers
+
+    def session_manager_for(self, name: str | None = None) -> SessionManager:
+        """The manager registered under *name* (``None``: the one behind ``self.session``)."""
+        managers = managers_for(self.application)
+        key = name if name is not None else (self.session_manager_name or "")
+        manager = managers.get(key)
+        if manager is None:
+            if key == "":
+                raise ConfigError(
+                    "no session manager configured: pass session_manager=SessionManager(...), "
+                    "session={...} or session_managers={...} to tornado.web.Application"
+                )
+            raise ConfigError(
+                f"no session manager named {key!r} in the 'session_managers' application setting "
+                f"(have: {', '.join(sorted(k for k in managers if k)) or 'none'})"
+            )
+        return manager
+
+    @property
+    def session_manager(self) -> SessionManager:
+        """The manager behind ``self.session``."""
+        return self.session_manager_for(None)
+
+    # ------------------------------------------------------------ loading
+
+    async def prepare(self) -> None:
+        """Load ``self.session``. Subclasses that override this must ``await super().prepare()``."""
+        if self.session_autoload:
+            self._gs_session = await self.get_session(self.session_manager_name)
+        parent = super().prepare()
+        if parent is not None:
+            await parent
+
+    @property
+    def session(self) -> Session:
+        """The request's session, loaded in :meth:`prepare`."""
+        if self._gs_session is None:
+            raise RuntimeError(
+                "self.session is not loaded: call `await super().prepare()` in your prepare(), "
+                "or use `await self.get_session()`"
+            )
+        return self._gs_session
+
+    async def get_session(self, name: str | None = None) -> Session:
+        """The session of the manager named *name* (``None``: the main one).
+
+        Each named manager has its own cookie; every session obtained here is
+        saved before the response is sent.
+
+        :raises tornado.web.HTTPError: 503 when the provider is unavailable.
+        """
+        manager = self.session_manager_for(name)
+        try:
+            await manager.ensure_started()
+            session = await manager.session_start(self)
+        except ProviderUnavailableError as exc:
+            raise self._unavailable(exc) from None
+        if name == self.session_manager_name or (name is None):
+            self._gs_session = session
+        return session
+
+    async def session_destroy(self, name: str | None = None) -> Session:
+        """Destroy the session (record deleted, cookie expired).
+
+        Returns, and installs as ``self.session``, a fresh empty session that is
+        saved only if the rest of the request writes to it (e.g. a flash).
+        """
+        manager = self.session_manager_for(name)
+        try:
+            await manager.session_destroy(self)
+        except ProviderUnavailableError as exc:
+            raise self._unavailable(exc) from None
+        fresh = manager.fresh_session(self)
+        if name is None or name == self.session_manager_name:
+            self._gs_session = fresh
+        return fresh
+
+    async def session_regenerate_id(self, name: str | None = None) -> Session:
+        """Move the session to a new id (call it at login against fixation)."""
+        manager = self.session_manager_for(name)
+        try:
+            session = await manager.session_regenerate_id(self)
+        except ProviderUnavailableError as exc:
+            raise self._unavailable(exc) from None
+        if name is None or name == self.session_manager_name:
+            self._gs_session = session
+        return session
+
+    def _unavailable(self, exc: BaseException) -> HTTPError:
+        log.warning("session store unavailable for %s %s: %s", self.request.method, self.request.uri, exc)
+        return HTTPError(503, log_message=f"session store unavailable: {exc}", reason="Session Store Unavailable")
+
+    # ------------------------------------------------------------ saving
+
+    def _gs_unsaved(self) -> list[Session]:
+        state = request_state(self)
+        return [s for s in state.sessions.values() if s.needs_save() or (s.expiry is not None and s.expiry < 0 and not s.destroyed)]
+
+    async def _gs_release_all(self) -> None:
+        sessions = self._gs_unsaved()
+        if not sessions:
+            return
+        results = await asyncio.gather(
+            *(s.release(self) for s in sessions), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    def _gs_chain(self, step: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+        prev = self._gs_tail
+
+        async def run() -> Any:
+            if prev is not None:
+                try:
+                    await prev
+                except Exception:  # the earlier step reported its own failure
+                    pass
+            return await step()
+
+        fut = asyncio.ensure_future(run())
+        self._gs_tail = fut
+        return fut
+
+    async def _gs_save(self) -> bool:
+        """Release every touched session; on failure answer with an error. True if saved."""
+        try:
+            await self._gs_release_all()
+        except ProviderUnavailableError as exc:
+            self._gs_fail(503, "Session Store Unavailable", f"session store unavailable: {exc}", exc)
+            return False
+        except CookieTooLargeError as exc:
+            self._gs_fail(500, "Session Cookie Too Large", str(exc), exc)
+            return False
+        except SessionError as exc:
+            self._gs_fail(500, "Session Error", str(exc), exc)
+            return False
+        apply_cookies(self)
+        return True
+
+    def _gs_fail(self, status: int, reason: str, message: str, exc: BaseException) -> None:
+        log.error("could not save session for %s %s: %s", self.request.method, self.request.uri, exc)
+        if self._headers_written:
+            return
+        self.clear()
+        request_state(self).cookies.clear()
+        self.set_status(status, reason=reason)
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        if status == 503:
+            self.set_header("Retry-After", "1")
+        self._write_buffer = [f"{status} {reason}: {message}\n".encode()]
+
+    def flush(self, include_footers: bool = False) -> asyncio.Future[None]:  # type: ignore[override]
+        """Save the touched sessions (and write their cookies) before the first flush."""
+        if self._headers_written or not self._gs_unsaved():
+            return super().flush(include_footers)  # type: ignore[return-value]
+
+        async def step() -> None:
+            if not self._headers_written:
+                await self._gs_save()
+            await super(SessionMixin, self).flush(include_footers)
+
+        return self._gs_chain(step)
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> asyncio.Future[None]:  # type: ignore[override]
+        """Save the touched sessions, write their cookies, then finish the response."""
+        if self._gs_finish_future is not None:
+            return self._gs_finish_future
+        if not self._gs_unsaved() and self._gs_tail is None:
+            apply_cookies(self)
+            return super().finish(chunk)  # type: ignore[return-value]
+
+        async def step() -> None:
+            saved = await self._gs_save()
+            if self._finished:
+                return
+            try:
+                await super(SessionMixin, self).finish(chunk if saved else None)
+            except Exception as exc:  # the client went away: nothing left to tell it
+                log.debug("finish after session save failed: %s", exc)
+
+        fut: asyncio.Future[None] = self._gs_chain(step)
+        self._gs_finish_future = fut
+        return fut
