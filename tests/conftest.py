@@ -1,0 +1,200 @@
+"""Shared fixtures: real servers, a Tornado server per test, and the contract-suite factories.
+
+Servers: :func:`require_server` checks that a loopback server answers. When it
+does not, the test **fails** under ``CI=true`` and is skipped (with a loud
+reason) elsewhere.
+
+Contract suite: every module ``tests/factories/factory_<name>.py`` defines::
+
+    CLIENT_SIDE: bool                 # True for the cookie provider
+    SERVER: tuple[str, str, int] | None   # ("redis", "127.0.0.1", 6379) or None
+    def config(tmp_path, unique) -> dict  # SessionManager config for this provider
+    async def cleanup(unique) -> None     # optional: drop keys/tables the test made
+
+and the ``manager_factory`` fixture is parametrized over all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import pathlib
+import secrets
+import socket
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from http.cookies import SimpleCookie
+from types import ModuleType
+from typing import Any
+
+import pytest
+import tornado.httpclient
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from gosession_tornado import SessionManager
+
+HERE = pathlib.Path(__file__).parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+REDIS = ("redis", "127.0.0.1", int(os.environ.get("GOSESSION_REDIS_PORT", "6379")))
+MYSQL = ("mysql", "127.0.0.1", int(os.environ.get("GOSESSION_MYSQL_PORT", "3306")))
+POSTGRESQL = ("postgresql", "127.0.0.1", int(os.environ.get("GOSESSION_PG_PORT", "5432")))
+
+
+def server_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if a TCP connection to host:port succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(server: tuple[str, str, int] | None) -> None:
+    """Fail (CI) or skip loudly (elsewhere) unless *server* answers."""
+    if server is None:
+        return
+    name, host, port = server
+    if server_answers(host, port):
+        return
+    msg = f"{name} server at {host}:{port} is not reachable"
+    if IN_CI:
+        pytest.fail(f"{msg} (CI=true: servers are required; .ci/run starts them)")
+    warnings.warn(f"SKIPPING: {msg}", pytest.PytestWarning, stacklevel=2)
+    pytest.skip(f"!!! {msg}: start it (see DEVELOPERS notes) to run this test")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+class Client:
+    """A tiny HTTP client with a cookie jar, for talking to a test server."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.cookies: dict[str, str] = {}
+        self.http = tornado.httpclient.AsyncHTTPClient(force_instance=True)
+
+    async def fetch(
+        self, path: str, *, method: str = "GET", body: str | bytes | None = None,
+        headers: dict[str, str] | None = None, use_jar: bool = True, **kw: Any,
+    ) -> tornado.httpclient.HTTPResponse:
+        hdrs = dict(headers or {})
+        if use_jar and self.cookies and "Cookie" not in hdrs:
+            hdrs["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        if method in ("POST", "PUT") and body is None:
+            body = b""
+        resp = await self.http.fetch(
+            self.base_url + path, method=method, body=body, headers=hdrs,
+            raise_error=False, follow_redirects=False, **kw,
+        )
+        if use_jar:
+            for header in resp.headers.get_list("Set-Cookie"):
+                jar: SimpleCookie = SimpleCookie()
+                jar.load(header)
+                for name, morsel in jar.items():
+                    if morsel["max-age"] == "0" or morsel.value == "":
+                        self.cookies.pop(name, None)
+                    else:
+                        self.cookies[name] = morsel.value
+        return resp
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+    """``client = await serve(handlers, **settings)``: run an Application on 127.0.0.1."""
+    servers: list[tornado.httpserver.HTTPServer] = []
+    clients: list[Client] = []
+
+    async def start(handlers: list[Any], **settings: Any) -> Client:
+        app = tornado.web.Application(handlers, **settings)
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        port = sockets[0].getsockname()[1]
+        server = tornado.httpserver.HTTPServer(app)
+        server.add_sockets(sockets)
+        servers.append(server)
+        client = Client(f"http://127.0.0.1:{port}")
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.close()
+    for server in servers:
+        server.stop()
+        await server.close_all_connections()
+
+
+# ---------------------------------------------------------------- contract
+
+
+def _factory_modules() -> dict[str, ModuleType]:
+    mods: dict[str, ModuleType] = {}
+    for path in sorted((HERE / "factories").glob("factory_*.py")):
+        name = path.stem.removeprefix("factory_")
+        mods[name] = importlib.import_module(f"tests.factories.{path.stem}")
+    return mods
+
+
+FACTORIES = _factory_modules()
+
+
+class ManagerFactory:
+    """Builds started managers for one provider and cleans up after the test."""
+
+    def __init__(self, name: str, module: ModuleType, tmp_path: pathlib.Path) -> None:
+        self.name = name
+        self.module = module
+        self.tmp_path = tmp_path
+        self.unique = f"t{secrets.token_hex(4)}"
+        self.client_side: bool = getattr(module, "CLIENT_SIDE", False)
+        self.managers: list[SessionManager] = []
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        cfg: dict[str, Any] = dict(self.module.config(self.tmp_path, self.unique))
+        cfg.update(overrides)
+        return cfg
+
+    async def __call__(self, **overrides: Any) -> SessionManager:
+        manager = SessionManager(self.config(**overrides))
+        await manager.start()
+        self.managers.append(manager)
+        return manager
+
+    async def close(self) -> None:
+        for manager in self.managers:
+            await manager.close()
+        cleanup = getattr(self.module, "cleanup", None)
+        if cleanup is not None:
+            await cleanup(self.unique)
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+async def manager_factory(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[ManagerFactory]:
+    """A :class:`ManagerFactory` for each provider in ``tests/factories``."""
+    module = FACTORIES[request.param]
+    require_server(getattr(module, "SERVER", None))
+    factory = ManagerFactory(request.param, module, tmp_path)
+    try:
+        yield factory
+    finally:
+        await factory.close()
+
+
+@pytest.fixture
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    return asyncio.DefaultEventLoopPolicy()
