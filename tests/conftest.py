@@ -16,7 +16,6 @@ and the ``manager_factory`` fixture is parametrized over all of them.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 import pathlib
@@ -194,7 +193,3 @@ async def manager_factory(request: pytest.FixtureRequest, tmp_path: pathlib.Path
     finally:
         await factory.close()
 
-
-@pytest.fixture
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-    return asyncio.DefaultEventLoopPolicy()

@@ -11,3 +11,4 @@ SERVER = None
 
 def config(tmp_path: pathlib.Path, unique: str) -> dict[str, Any]:
     return {"provider": "memory", "cookie_name": "sid"}
+PERSISTENT = False  # data does not survive the process

@@ -1,0 +1,380 @@
+"""The provider contract suite: one set of behaviour tests run against every provider.
+
+A provider joins by adding ``tests/factories/factory_<name>.py`` (see
+``tests/conftest.py``). Server-side semantics (records, regenerate, GC, active
+count, concurrency) run for every provider that keeps server state; the HTTP
+round-trip tests run for all of them, the cookie provider included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import decimal
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import tornado.escape
+import tornado.web
+
+from gosession_tornado import SessionManager, SessionMixin
+from gosession_tornado.provider import All, Changes, Destroy, Exist, Read, Regenerate, Release
+from gosession_tornado.provider import GC as GCMessage
+
+from .conftest import FACTORIES, ManagerFactory, require_server
+
+SERVER_SIDE = sorted(n for n, m in FACTORIES.items() if not getattr(m, "CLIENT_SIDE", False))
+PERSISTENT = sorted(n for n in SERVER_SIDE if getattr(FACTORIES[n], "PERSISTENT", True))
+
+
+@pytest.fixture(params=SERVER_SIDE)
+async def server_factory(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[ManagerFactory]:
+    """A factory for each provider that keeps sessions on the server."""
+    module = FACTORIES[request.param]
+    require_server(getattr(module, "SERVER", None))
+    factory = ManagerFactory(request.param, module, tmp_path)
+    try:
+        yield factory
+    finally:
+        await factory.close()
+
+
+async def ask(manager: SessionManager, message: Any) -> Any:
+    return await manager._ask(message)
+
+
+def create(**values: Any) -> Changes:
+    return Changes(set=dict(values), create=True)
+
+
+def update(deleted: tuple[Any, ...] = (), flushed: bool = False, **values: Any) -> Changes:
+    return Changes(set=dict(values), deleted=frozenset(deleted), flushed=flushed)
+
+
+# ---------------------------------------------------------------- records
+
+
+async def test_unknown_sid_reads_none_and_is_not_created(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sid = m.new_sid()
+    assert await ask(m, Read(sid)) is None
+    assert await ask(m, Exist(sid)) is False
+    # reading did not create a record
+    assert await ask(m, Exist(sid)) is False
+    assert await m.get_active_sessions() == 0
+
+
+async def test_release_creates_and_read_returns_data(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(user="ann", n=1), 3600))
+    assert await ask(m, Read(sid)) == {"user": "ann", "n": 1}
+    assert await ask(m, Exist(sid)) is True
+
+
+async def test_empty_new_session_is_stored(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(), 3600))
+    assert await ask(m, Read(sid)) == {}
+    assert await ask(m, Exist(sid)) is True
+
+
+async def test_release_does_not_resurrect_a_destroyed_session(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(a=1), 3600))
+    await ask(m, Destroy(sid))
+    await ask(m, Release(sid, update(b=2), 3600))
+    assert await ask(m, Read(sid)) is None
+    assert await ask(m, Exist(sid)) is False
+
+
+async def test_delta_release_keeps_other_keys(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(a=1, b=2, c=3), 3600))
+    # two "requests" that both started from {a, b, c}: each sends only its change
+    await ask(m, Release(sid, update(a=10), 3600))
+    await ask(m, Release(sid, update(deleted=("b",)), 3600))
+    await ask(m, Release(sid, update(d=4), 3600))
+    assert await ask(m, Read(sid)) == {"a": 10, "c": 3, "d": 4}
+
+
+async def test_flush_clears_then_sets(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(a=1, b=2), 3600))
+    await ask(m, Release(sid, update(flushed=True, z=26), 3600))
+    assert await ask(m, Read(sid)) == {"z": 26}
+
+
+async def test_values_round_trip_through_the_store(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sid = m.new_sid()
+    values: dict[Any, Any] = {
+        "when": datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.timezone.utc),
+        "day": datetime.date(2024, 5, 6),
+        "tags": {"a", "b"},
+        "pair": (1, (2, "x")),
+        "blob": b"\x00\xffbinary",
+        "price": decimal.Decimal("10.05"),
+        "id": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        42: 43,
+        "nested": {"list": [1, 2.5, None, True], 7: "seven"},
+        "unicode": "żółw 🐢",
+    }
+    await ask(m, Release(sid, Changes(set=values, create=True), 3600))
+    assert await ask(m, Read(sid)) == values
+
+
+async def test_regenerate_moves_data_and_old_sid_stops_working(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    old, new = m.new_sid(), m.new_sid()
+    await ask(m, Release(old, create(user="ann"), 3600))
+    moved = await ask(m, Regenerate(old, new))
+    assert moved == {"user": "ann"}
+    assert await ask(m, Read(new)) == {"user": "ann"}
+    assert await ask(m, Read(old)) is None
+    assert await ask(m, Exist(old)) is False
+    # a late release on the old sid does not bring it back
+    await ask(m, Release(old, update(x=1), 3600))
+    assert await ask(m, Exist(old)) is False
+
+
+async def test_regenerate_unknown_old_sid_gives_empty_record(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    old, new = m.new_sid(), m.new_sid()
+    assert await ask(m, Regenerate(old, new)) == {}
+    assert await ask(m, Exist(new)) is True
+    assert await ask(m, Read(new)) == {}
+
+
+async def test_destroy_removes_and_missing_is_not_an_error(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(a=1), 3600))
+    await ask(m, Destroy(sid))
+    assert await ask(m, Read(sid)) is None
+    await ask(m, Destroy(sid))
+    await ask(m, Destroy(m.new_sid()))
+
+
+async def test_active_count(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sids = [m.new_sid() for _ in range(5)]
+    for sid in sids:
+        await ask(m, Release(sid, create(v=sid), 3600))
+    assert await ask(m, All()) == 5
+    await ask(m, Destroy(sids[0]))
+    assert await m.get_active_sessions() == 4
+
+
+async def test_expired_session_is_never_served_even_before_gc(server_factory: ManagerFactory) -> None:
+    m = await server_factory(max_lifetime=1, gc_lifetime=3600)
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(a=1), 1))
+    assert await ask(m, Read(sid)) == {"a": 1}
+    await asyncio.sleep(2.2)
+    assert await ask(m, Read(sid)) is None
+    assert await ask(m, Exist(sid)) is False
+
+
+async def test_gc_removes_expired_and_keeps_live(server_factory: ManagerFactory) -> None:
+    m = await server_factory(max_lifetime=1, gc_lifetime=3600)
+    short, long_ = m.new_sid(), m.new_sid()
+    await ask(m, Release(short, create(a=1), 1))
+    await ask(m, Release(long_, create(b=2), 3600))  # per-session lifetime
+    await asyncio.sleep(2.2)
+    await ask(m, GCMessage())
+    assert await ask(m, All()) == 1
+    assert await ask(m, Read(long_)) == {"b": 2}
+    assert await ask(m, Read(short)) is None
+
+
+async def test_read_refreshes_idle_expiry(server_factory: ManagerFactory) -> None:
+    m = await server_factory(max_lifetime=4, gc_lifetime=3600)
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(a=1), 4))
+    await asyncio.sleep(2.0)
+    assert await ask(m, Read(sid)) == {"a": 1}  # touches it: lives until >= t+6
+    await asyncio.sleep(2.5)  # t = 4.5: expired had the read not refreshed it
+    assert await ask(m, Read(sid)) == {"a": 1}
+
+
+async def test_per_session_expiry_in_release(server_factory: ManagerFactory) -> None:
+    m = await server_factory(max_lifetime=3600)
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(a=1), 1))
+    await asyncio.sleep(2.2)
+    assert await ask(m, Read(sid)) is None
+
+
+async def test_concurrent_releases_on_one_session_lose_nothing(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(), 3600))
+    await asyncio.gather(*(ask(m, Release(sid, update(**{f"k{i}": i}), 3600)) for i in range(50)))
+    data = await ask(m, Read(sid))
+    assert data == {f"k{i}": i for i in range(50)}
+
+
+async def test_concurrent_reads_all_answered(server_factory: ManagerFactory) -> None:
+    m = await server_factory()
+    sids = [m.new_sid() for _ in range(20)]
+    for i, sid in enumerate(sids):
+        await ask(m, Release(sid, create(i=i), 3600))
+    results = await asyncio.gather(*(ask(m, Read(sid)) for sid in sids * 5))
+    assert results == [{"i": i} for i in range(20)] * 5
+
+
+@pytest.fixture(params=PERSISTENT)
+async def persistent_factory(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[ManagerFactory]:
+    """A factory for each provider whose sessions outlive the process (not memory)."""
+    module = FACTORIES[request.param]
+    require_server(getattr(module, "SERVER", None))
+    factory = ManagerFactory(request.param, module, tmp_path)
+    try:
+        yield factory
+    finally:
+        await factory.close()
+
+
+async def test_data_survives_reopening_the_manager(persistent_factory: ManagerFactory) -> None:
+    server_factory = persistent_factory
+    m = await server_factory()
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(user="ann"), 3600))
+    await m.close()
+    m2 = await server_factory()
+    assert await ask(m2, Read(sid)) == {"user": "ann"}
+
+
+async def test_manager_close_fails_later_calls(server_factory: ManagerFactory) -> None:
+    from gosession_tornado import ProviderClosedError
+
+    m = await server_factory()
+    await m.close()
+    with pytest.raises(ProviderClosedError):
+        await m.get_active_sessions()
+
+
+# ---------------------------------------------------------------- HTTP, every provider
+
+
+class Counter(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        n = self.session.get("n", 0) + 1
+        self.session["n"] = n
+        self.write({"n": n, "sid": self.session.session_id, "new": self.session.is_new})
+
+
+class SetKey(SessionMixin, tornado.web.RequestHandler):
+    async def get(self, key: str) -> None:
+        self.session[key] = True
+        self.write("ok")
+
+
+class Dump(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.write({"keys": sorted(str(k) for k in self.session)})
+
+
+class Logout(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        await self.session_destroy()
+        self.write("bye")
+
+
+class Login(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        await self.session_regenerate_id()
+        self.session["user"] = "ann"
+        self.write({"sid": self.session.session_id})
+
+
+def handlers() -> list[Any]:
+    return [("/", Counter), (r"/set/(\w+)", SetKey), ("/dump", Dump), ("/logout", Logout), ("/login", Login)]
+
+
+async def test_http_counter_across_requests(manager_factory: ManagerFactory, serve: Any) -> None:
+    m = await manager_factory()
+    client = await serve(handlers(), session_manager=m)
+    first = await client.fetch("/")
+    assert first.code == 200
+    body = tornado.escape.json_decode(first.body)
+    assert body["n"] == 1 and body["new"] is True
+    for expected in range(2, 6):
+        resp = await client.fetch("/")
+        body = tornado.escape.json_decode(resp.body)
+        assert body["n"] == expected
+        assert body["new"] is False
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    ["garbage", "x" * 10_000, "../../etc/passwd", "żółw", "0" * 32, "a" * 31, "A" * 32, "%00%2e%2e"],
+)
+async def test_http_bad_cookie_gives_fresh_session(
+    manager_factory: ManagerFactory, serve: Any, cookie: str
+) -> None:
+    m = await manager_factory()
+    client = await serve(handlers(), session_manager=m)
+    # non-ASCII goes on the wire as raw UTF-8 bytes
+    raw = f"{m.config.cookie_name}={cookie}".encode().decode("latin-1")
+    resp = await client.fetch("/", headers={"Cookie": raw}, use_jar=False)
+    assert resp.code == 200
+    body = tornado.escape.json_decode(resp.body)
+    assert body["n"] == 1 and body["new"] is True
+    assert body["sid"] != cookie
+
+
+async def test_http_logout_then_old_cookie_is_dead(manager_factory: ManagerFactory, serve: Any) -> None:
+    m = await manager_factory()
+    client = await serve(handlers(), session_manager=m)
+    await client.fetch("/")
+    await client.fetch("/")
+    old_cookie = dict(client.cookies)
+    resp = await client.fetch("/logout")
+    assert resp.code == 200
+    expired = [h for h in resp.headers.get_list("Set-Cookie") if h.startswith(f"{m.config.cookie_name}=")]
+    assert expired and "Max-Age=0" in expired[-1]
+    if manager_factory.client_side:
+        return  # a cookie store cannot revoke a copied cookie (documented)
+    header = "; ".join(f"{k}={v}" for k, v in old_cookie.items())
+    resp = await client.fetch("/", headers={"Cookie": header}, use_jar=False)
+    assert tornado.escape.json_decode(resp.body)["n"] == 1
+
+
+async def test_http_login_regenerates_sid(manager_factory: ManagerFactory, serve: Any) -> None:
+    m = await manager_factory()
+    client = await serve(handlers(), session_manager=m)
+    first = tornado.escape.json_decode((await client.fetch("/")).body)
+    login = tornado.escape.json_decode((await client.fetch("/login")).body)
+    assert login["sid"] != first["sid"]
+    after = tornado.escape.json_decode((await client.fetch("/")).body)
+    assert after["sid"] == login["sid"]
+    assert after["n"] == 2  # data moved with the session
+
+
+async def test_http_concurrent_requests_on_one_session_lose_no_key(
+    server_factory: ManagerFactory, serve: Any
+) -> None:
+    m = await server_factory()
+    client = await serve(handlers(), session_manager=m)
+    await client.fetch("/")
+    results = await asyncio.gather(*(client.fetch(f"/set/k{i}") for i in range(50)))
+    assert all(r.code == 200 for r in results)
+    keys = tornado.escape.json_decode((await client.fetch("/dump")).body)["keys"]
+    assert {f"k{i}" for i in range(50)} <= set(keys)
+
+
+async def test_http_read_after_write_back_to_back(manager_factory: ManagerFactory, serve: Any) -> None:
+    m = await manager_factory()
+    client = await serve(handlers(), session_manager=m)
+    for expected in range(1, 31):
+        resp = await client.fetch("/")
+        assert tornado.escape.json_decode(resp.body)["n"] == expected
+
