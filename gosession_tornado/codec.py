@@ -59,7 +59,7 @@ def _default(obj: Any) -> msgpack.ExtType:
     # stored as their base type, which is what a reader gets back anyway.
     for base in (int, float, str, bytes, dict, list):
         if isinstance(obj, base):
-            return base(obj)  # type: ignore[no-any-return]
+            return base(obj)  # type: ignore[arg-type]
     raise TypeError(f"cannot serialize object of type {type(obj).__name__!r} into a session")
 
 

@@ -370,7 +370,8 @@ def _validate(cfg: ManagerConfig, name: Any) -> None:
     if not (_MIN_SID_BYTES <= cfg.session_id_length <= _MAX_SID_BYTES):
         fail(
             "session_id_length",
-            f"must be between {_MIN_SID_BYTES} and {_MAX_SID_BYTES} random bytes, got {cfg.session_id_length}",
+            f"must be between {_MIN_SID_BYTES} and {_MAX_SID_BYTES} random bytes, "
+            f"got {cfg.session_id_length}",
         )
     if not _PREFIX_RE.match(cfg.session_id_prefix):
         fail("session_id_prefix", "may hold at most 32 characters of [A-Za-z0-9_-]")

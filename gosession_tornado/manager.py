@@ -33,7 +33,18 @@ from tornado.ioloop import PeriodicCallback
 from .actor import ActorRef
 from .config import ManagerConfig, build_config
 from .errors import ProviderClosedError, SessionError
-from .provider import GC, All, DecodeCookie, Destroy, EncodeCookie, Message, Provider, Read, Regenerate, Release
+from .provider import (
+    GC,
+    All,
+    DecodeCookie,
+    Destroy,
+    EncodeCookie,
+    Message,
+    Provider,
+    Read,
+    Regenerate,
+    Release,
+)
 from .registry import lookup
 from .session import Session
 
@@ -318,9 +329,12 @@ class SessionManager:
                 value if value is not None else session.session_id, self.cookie_max_age(session)
             )
             apply_cookies(handler)
-        if self.config.enable_sid_in_http_header and not self.client_side:
-            if not getattr(handler, "_headers_written", False):
-                handler.set_header(self.config.header_name, session.session_id)
+        if (
+            self.config.enable_sid_in_http_header
+            and not self.client_side
+            and not getattr(handler, "_headers_written", False)
+        ):
+            handler.set_header(self.config.header_name, session.session_id)
         state.cookie_issued.add(id(session))
 
     def _expire(self, handler: RequestHandler | None) -> None:

@@ -119,7 +119,10 @@ class Session(MutableMapping[Any, Any]):
         return len(self._data)
 
     def __repr__(self) -> str:
-        return f"<Session {self._sid[:8]}… keys={len(self._data)} new={self._is_new} modified={self.modified}>"
+        return (
+            f"<Session {self._sid[:8]}… keys={len(self._data)} "
+            f"new={self._is_new} modified={self.modified}>"
+        )
 
     def get(self, key: Any, default: Any = None) -> Any:
         """Value of *key*, or *default* (beego's ``Get``)."""

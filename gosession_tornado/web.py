@@ -31,6 +31,7 @@ When each hook runs:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -211,13 +212,19 @@ class SessionMixin(_Base):
 
     def _unavailable(self, exc: BaseException) -> HTTPError:
         log.warning("session store unavailable for %s %s: %s", self.request.method, self.request.uri, exc)
-        return HTTPError(503, log_message=f"session store unavailable: {exc}", reason="Session Store Unavailable")
+        return HTTPError(
+            503, log_message=f"session store unavailable: {exc}", reason="Session Store Unavailable"
+        )
 
     # ------------------------------------------------------------ saving
 
     def _gs_unsaved(self) -> list[Session]:
         state = request_state(self)
-        return [s for s in state.sessions.values() if s.needs_save() or (s.expiry is not None and s.expiry < 0 and not s.destroyed)]
+        return [
+            s
+            for s in state.sessions.values()
+            if s.needs_save() or (s.expiry is not None and s.expiry < 0 and not s.destroyed)
+        ]
 
     async def _gs_release_all(self) -> None:
         sessions = self._gs_unsaved()
@@ -235,10 +242,8 @@ class SessionMixin(_Base):
 
         async def run() -> Any:
             if prev is not None:
-                try:
+                with contextlib.suppress(Exception):  # the earlier step reported its own failure
                     await prev
-                except Exception:  # the earlier step reported its own failure
-                    pass
             return await step()
 
         fut = asyncio.ensure_future(run())
@@ -273,10 +278,10 @@ class SessionMixin(_Base):
             self.set_header("Retry-After", "1")
         self._write_buffer = [f"{status} {reason}: {message}\n".encode()]
 
-    def flush(self, include_footers: bool = False) -> asyncio.Future[None]:  # type: ignore[override]
+    def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
         """Save the touched sessions (and write their cookies) before the first flush."""
         if self._headers_written or not self._gs_unsaved():
-            return super().flush(include_footers)  # type: ignore[return-value]
+            return super().flush(include_footers)
 
         async def step() -> None:
             if not self._headers_written:
@@ -285,13 +290,13 @@ class SessionMixin(_Base):
 
         return self._gs_chain(step)
 
-    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> asyncio.Future[None]:  # type: ignore[override]
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> asyncio.Future[None]:
         """Save the touched sessions, write their cookies, then finish the response."""
         if self._gs_finish_future is not None:
             return self._gs_finish_future
         if not self._gs_unsaved() and self._gs_tail is None:
             apply_cookies(self)
-            return super().finish(chunk)  # type: ignore[return-value]
+            return super().finish(chunk)
 
         async def step() -> None:
             saved = await self._gs_save()

@@ -183,7 +183,9 @@ class ManagerFactory:
 
 
 @pytest.fixture(params=sorted(FACTORIES))
-async def manager_factory(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[ManagerFactory]:
+async def manager_factory(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> AsyncIterator[ManagerFactory]:
     """A :class:`ManagerFactory` for each provider in ``tests/factories``."""
     module = FACTORIES[request.param]
     require_server(getattr(module, "SERVER", None))

@@ -20,8 +20,8 @@ import tornado.escape
 import tornado.web
 
 from gosession_tornado import SessionManager, SessionMixin
+from gosession_tornado.provider import GC as GC_MESSAGE
 from gosession_tornado.provider import All, Changes, Destroy, Exist, Read, Regenerate, Release
-from gosession_tornado.provider import GC as GCMessage
 
 from .conftest import FACTORIES, ManagerFactory, require_server
 
@@ -188,7 +188,7 @@ async def test_gc_removes_expired_and_keeps_live(server_factory: ManagerFactory)
     await ask(m, Release(short, create(a=1), 1))
     await ask(m, Release(long_, create(b=2), 3600))  # per-session lifetime
     await asyncio.sleep(2.2)
-    await ask(m, GCMessage())
+    await ask(m, GC_MESSAGE())
     assert await ask(m, All()) == 1
     assert await ask(m, Read(long_)) == {"b": 2}
     assert await ask(m, Read(short)) is None
