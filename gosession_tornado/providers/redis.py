@@ -1,0 +1,585 @@
+"""The ``redis`` provider: one Redis hash per session, written as deltas, expired by Redis.
+
+Needs the ``[redis]`` extra (``redis>=5``, using :mod:`redis.asyncio`). The
+registry imports this module lazily, so a missing client becomes an
+:class:`~gosession_tornado.errors.UnknownProviderError` that names the extra.
+
+Storage layout
+    Session *sid* lives in the hash ``<key_prefix><sid>`` (``key_prefix``
+    defaults to the manager's ``"gosession:"``). Each session key is one hash
+    field: field ``codec.encode(key)``, value ``codec.encode(value)`` (msgpack
+    bytes). The reserved field ``b"\\xc1lifetime"`` holds the session's idle
+    lifetime in seconds; ``0xc1`` is a byte msgpack never emits first, so it can
+    never collide with an encoded key, and it keeps an empty session's hash
+    alive.
+
+Expiry
+    The key's TTL is the session's lifetime (``max_lifetime``, or the value of
+    ``set_expiry``), in seconds. Every read (``HGETALL``) and every release
+    resets it to the stored lifetime, in the same server-side script, so the
+    timeout counts from the last access. Redis deletes idle sessions itself:
+    :meth:`RedisProvider.session_gc` is a no-op, and an expired session is never
+    served.
+
+Atomicity
+    A release runs one Lua script that checks ``EXISTS`` (a destroyed or
+    expired session is not resurrected unless the release creates it), clears
+    the hash if the request called ``flush()``, then ``HDEL``\\s the deleted
+    keys, ``HSET``\\s the set ones and the lifetime and sets the TTL. Only the
+    request's own keys are written, so concurrent requests, in this process or
+    in others, lose none of each other's keys. Regenerate moves the hash with
+    ``RENAME`` inside a script (the old key is gone, a live target is never
+    overwritten).
+
+Batching
+    :meth:`RedisProvider.handle_batch` sends every message the actor drained
+    in one turn (reads, releases, exists, destroys, regenerates) as **one
+    pipeline**: one round trip for the whole batch, executed in order on one
+    connection. Under concurrent load the batches grow, so throughput grows
+    with concurrency. :attr:`RedisProvider.round_trips` counts the pipelines
+    sent.
+
+Failure
+    The pool (:class:`redis.asyncio.BlockingConnectionPool`, ``poolsize``
+    connections) and the sockets time out below ``provider_timeout``; a
+    connection error or timeout becomes
+    :class:`~gosession_tornado.errors.ProviderUnavailableError` (the mixin
+    answers 503). Broken connections are replaced on their next use, so when
+    Redis comes back the same manager works again; scripts that a restarted
+    server forgot are loaded again transparently (``NOSCRIPT`` retry).
+
+``provider_config`` forms are described in :mod:`gosession_tornado.redis_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.connection import (
+    AbstractConnection,
+    BlockingConnectionPool,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from .. import codec
+from ..errors import ConfigError, ProviderUnavailableError
+from ..provider import (
+    GC,
+    Changes,
+    Destroy,
+    Exist,
+    Message,
+    Provider,
+    Read,
+    Regenerate,
+    Release,
+    SessionData,
+)
+from ..redis_config import RedisConfig, parse_redis_config
+
+__all__ = ["RedisProvider", "META_FIELD", "RedisScript"]
+
+log = logging.getLogger("gosession_tornado.redis")
+
+#: Hash field holding the session's idle lifetime (seconds). ``0xc1`` never starts a msgpack value.
+META_FIELD = b"\xc1lifetime"
+_LUA_META = "'\\193lifetime'"  # the same bytes, as a Lua string literal
+
+#: Fields per HSET/HDEL call inside the scripts (Lua's unpack() has a stack limit).
+_CHUNK = 1000
+#: Keys SCAN is asked for per call in :meth:`RedisProvider.session_all`.
+_SCAN_COUNT = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisScript:
+    """A Lua script called with ``EVALSHA``; :attr:`sha` is computed locally."""
+
+    name: str
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+
+# KEYS[1] = session key. Returns the flat HGETALL array, or nil for a missing key.
+READ_SCRIPT = RedisScript(
+    "read",
+    f"""
+local key = KEYS[1]
+local h = redis.call('HGETALL', key)
+if #h == 0 then return nil end
+local lifetime = redis.call('HGET', key, {_LUA_META})
+if lifetime then redis.call('EXPIRE', key, lifetime) end
+return h
+""",
+)
+
+# KEYS[1] = session key; ARGV = create ('1'/'0'), flushed ('1'/'0'), lifetime (s),
+# n (number of deleted fields), the n deleted fields, then field/value pairs to set.
+# Returns 1 if applied, 0 if dropped (missing and not create).
+RELEASE_SCRIPT = RedisScript(
+    "release",
+    f"""
+local key = KEYS[1]
+local lifetime = ARGV[3]
+if redis.call('EXISTS', key) == 0 then
+  if ARGV[1] ~= '1' then return 0 end
+elseif ARGV[2] == '1' then
+  redis.call('DEL', key)
+end
+local last = 4 + tonumber(ARGV[4])
+local i = 5
+while i <= last do
+  local j = math.min(i + {_CHUNK - 1}, last)
+  redis.call('HDEL', key, unpack(ARGV, i, j))
+  i = j + 1
+end
+redis.call('HSET', key, {_LUA_META}, lifetime)
+local n = #ARGV
+i = last + 1
+while i <= n do
+  local j = math.min(i + {_CHUNK - 1}, n)
+  redis.call('HSET', key, unpack(ARGV, i, j))
+  i = j + 1
+end
+redis.call('EXPIRE', key, lifetime)
+return 1
+""",
+)
+
+# KEYS[1] = old key, KEYS[2] = new key; ARGV[1] = lifetime (s) for a new empty record.
+# Returns the flat HGETALL array of the new key.
+REGENERATE_SCRIPT = RedisScript(
+    "regenerate",
+    f"""
+local old, new = KEYS[1], KEYS[2]
+local old_exists = redis.call('EXISTS', old) == 1
+if redis.call('EXISTS', new) == 1 then
+  if old_exists then return redis.error_reply('ERR regenerate target session id already exists') end
+  -- a retried call that already moved the data: answer the same again
+else
+  if old_exists then
+    redis.call('RENAME', old, new)
+  else
+    redis.call('HSET', new, {_LUA_META}, ARGV[1])
+  end
+end
+local lifetime = redis.call('HGET', new, {_LUA_META}) or ARGV[1]
+redis.call('EXPIRE', new, lifetime)
+return redis.call('HGETALL', new)
+""",
+)
+
+SCRIPTS: tuple[RedisScript, ...] = (READ_SCRIPT, RELEASE_SCRIPT, REGENERATE_SCRIPT)
+
+
+@dataclasses.dataclass
+class _Op:
+    """One message turned into one Redis command, and how to turn its reply into a result."""
+
+    args: tuple[Any, ...]
+    finish: Callable[[Any], Any]
+    kind: str
+    sid: str
+
+
+class RedisProvider(Provider):
+    """Sessions in Redis hashes, with server-side TTL and pipelined batches.
+
+    Subclasses (cluster, sentinel) may override :meth:`make_client` and
+    :meth:`key`; everything else only needs a client that pipelines.
+    """
+
+    extra = "redis"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: aioredis.Redis | None = None
+        self._pool: BlockingConnectionPool | None = None
+        self.redis_config: RedisConfig = RedisConfig()
+        #: Prefix of every session key.
+        self.key_prefix = "gosession:"
+        #: Pipelines (and single commands) sent to Redis since init: the number of round trips.
+        self.round_trips = 0
+
+    # ------------------------------------------------------------ setup
+
+    def key(self, sid: str) -> str:
+        """The Redis key of session *sid*."""
+        if not isinstance(sid, str) or not sid:
+            raise ValueError(f"session id must be a non-empty string, got {sid!r}")
+        return self.key_prefix + sid
+
+    def _timeout(self) -> float:
+        timeout = getattr(self.manager_config, "provider_timeout", None)
+        return float(timeout) if timeout else 5.0
+
+    def make_client(self, cfg: RedisConfig, timeout: float) -> aioredis.Redis:
+        """Build the client. *timeout* is ``provider_timeout`` (s); every wait stays below it."""
+        kwargs: dict[str, Any] = {
+            "db": cfg.db,
+            "username": cfg.username,
+            "password": cfg.password,
+            "socket_timeout": timeout * 0.8,
+            "socket_connect_timeout": timeout * 0.4,
+            "retry": Retry(ExponentialBackoff(cap=timeout * 0.1, base=0.01), cfg.max_retries),
+            "client_name": cfg.client_name,
+            "health_check_interval": math.ceil(cfg.idle_timeout) if cfg.idle_timeout else 0,
+        }
+        connection_class: type[AbstractConnection]
+        if cfg.unix_socket_path:
+            connection_class = UnixDomainSocketConnection
+            kwargs["path"] = cfg.unix_socket_path
+        else:
+            connection_class = SSLConnection if cfg.ssl else Connection
+            kwargs["host"] = cfg.host
+            kwargs["port"] = cfg.port
+        self._pool = BlockingConnectionPool(
+            max_connections=cfg.poolsize,
+            timeout=timeout * 0.4,
+            connection_class=connection_class,
+            **kwargs,
+        )
+        return aioredis.Redis(connection_pool=self._pool)
+
+    async def session_init(self, max_lifetime: int, config: Any) -> None:
+        """Parse *config*, connect, and load the Lua scripts (which also checks the server).
+
+        :raises ConfigError: for a bad config, a rejected password or a bad db number.
+        :raises ProviderUnavailableError: if Redis cannot be reached.
+        """
+        self.max_lifetime = max_lifetime
+        cfg = parse_redis_config(config)
+        prefix = cfg.key_prefix
+        if prefix is None:
+            prefix = getattr(self.manager_config, "key_prefix", None) or "gosession:"
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigError(
+                "redis key_prefix must be a non-empty string (an empty prefix would make "
+                "get_active_sessions count every key in the database)",
+                key="key_prefix",
+            )
+        self.key_prefix = prefix
+        self.redis_config = cfg
+        self._client = self.make_client(cfg, self._timeout())
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for script in SCRIPTS:
+                _stage(pipe, ("SCRIPT LOAD", script.source))
+            self.round_trips += 1
+            shas = await pipe.execute()
+        except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
+            await self.session_close()
+            raise ConfigError(
+                f"redis at {cfg.location} rejected the credentials: {exc}; check the password "
+                "(and username) in provider_config",
+                key="password",
+            ) from None
+        except rexc.ResponseError as exc:
+            await self.session_close()
+            if "db index" in str(exc).lower():
+                raise ConfigError(
+                    f"redis at {cfg.location} has no database {cfg.db}: {exc}", key="dbnum"
+                ) from None
+            raise ProviderUnavailableError(f"redis at {cfg.location} refused to start: {exc}") from None
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            await self.session_close()
+            raise self._unavailable(exc) from None
+        expected = [s.sha for s in SCRIPTS]
+        got = [s.decode() if isinstance(s, bytes) else str(s) for s in shas]
+        if got != expected:  # pragma: no cover - would mean a non-Redis server
+            log.warning("redis script hashes differ from the local ones: %s != %s", got, expected)
+
+    async def session_close(self) -> None:
+        """Close the client and every pooled connection."""
+        client, pool = self._client, self._pool
+        self._client = self._pool = None
+        if client is not None:
+            await client.aclose()
+        if pool is not None:
+            await pool.aclose()
+
+    # ------------------------------------------------------------ errors
+
+    def _unavailable(self, exc: BaseException) -> ProviderUnavailableError:
+        return ProviderUnavailableError(
+            f"redis at {self.redis_config.location} is unavailable ({type(exc).__name__}: {exc}); "
+            "is the server running? The next request retries."
+        )
+
+    def _refused(self, op: _Op, exc: BaseException) -> ProviderUnavailableError:
+        return ProviderUnavailableError(
+            f"redis at {self.redis_config.location} refused the {op.kind!r} of a session: {exc}"
+        )
+
+    def _require_client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise ProviderUnavailableError("the redis session provider is not connected (closed?)")
+        return self._client
+
+    # ------------------------------------------------------------ encoding
+
+    @staticmethod
+    def decode_hash(reply: Any) -> SessionData:
+        """Session data from a flat ``HGETALL`` reply, skipping the meta field.
+
+        :raises ValueError: if a field or value is not a valid payload.
+        """
+        data: SessionData = {}
+        if not reply:
+            return data
+        it = iter(reply)
+        for field, value in zip(it, it):
+            if field == META_FIELD:
+                continue
+            key = codec.decode(field)
+            try:
+                data[key] = codec.decode(value)
+            except TypeError as exc:  # an unhashable decoded key
+                raise ValueError(f"corrupt session field {field!r}: {exc}") from None
+        return data
+
+    def _read_result(self, sid: str) -> Callable[[Any], SessionData | None]:
+        def finish(reply: Any) -> SessionData | None:
+            if reply is None:
+                return None
+            try:
+                return self.decode_hash(reply)
+            except ValueError as exc:
+                log.warning("redis session %s… is corrupt, treated as missing: %s", sid[:6], exc)
+                return None
+
+        return finish
+
+    @staticmethod
+    def _lifetime(expiry: int) -> int:
+        if isinstance(expiry, bool) or not isinstance(expiry, int):
+            raise TypeError(f"session lifetime must be whole seconds, got {expiry!r}")
+        return max(1, expiry)
+
+    def _release_args(self, sid: str, changes: Changes, expiry: int) -> tuple[Any, ...]:
+        deleted = [codec.encode(k) for k in changes.deleted]
+        pairs: list[bytes] = []
+        for k, v in changes.set.items():
+            pairs.append(codec.encode(k))
+            pairs.append(codec.encode(v))
+        return (
+            "EVALSHA",
+            RELEASE_SCRIPT.sha,
+            1,
+            self.key(sid),
+            "1" if changes.create else "0",
+            "1" if changes.flushed else "0",
+            self._lifetime(expiry),
+            len(deleted),
+            *deleted,
+            *pairs,
+        )
+
+    def _regenerate_result(self, reply: Any) -> SessionData:
+        try:
+            return self.decode_hash(reply)
+        except ValueError as exc:
+            log.warning("regenerated redis session is corrupt, starting empty: %s", exc)
+            return {}
+
+    def build_op(self, message: Message) -> _Op | None:
+        """The one command that answers *message*, or ``None`` if it cannot be pipelined.
+
+        :raises TypeError: if a released value cannot be serialized.
+        """
+        if isinstance(message, Read):
+            return _Op(
+                ("EVALSHA", READ_SCRIPT.sha, 1, self.key(message.sid)),
+                self._read_result(message.sid),
+                message.kind,
+                message.sid,
+            )
+        if isinstance(message, Release):
+            return _Op(
+                self._release_args(message.sid, message.changes, message.expiry),
+                lambda reply: None,
+                message.kind,
+                message.sid,
+            )
+        if isinstance(message, Exist):
+            return _Op(("EXISTS", self.key(message.sid)), bool, message.kind, message.sid)
+        if isinstance(message, Destroy):
+            return _Op(("DEL", self.key(message.sid)), lambda reply: None, message.kind, message.sid)
+        if isinstance(message, Regenerate):
+            return _Op(
+                (
+                    "EVALSHA",
+                    REGENERATE_SCRIPT.sha,
+                    2,
+                    self.key(message.old_sid),
+                    self.key(message.sid),
+                    self._lifetime(self.max_lifetime),
+                ),
+                self._regenerate_result,
+                message.kind,
+                message.sid,
+            )
+        return None
+
+    # ------------------------------------------------------------ round trips
+
+    async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send *commands* in one round trip; per-command errors come back in place.
+
+        :raises ProviderUnavailableError: if the connection failed or timed out.
+        """
+        client = self._require_client()
+        self.round_trips += 1
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for args in commands:
+                    _stage(pipe, args)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+                return replies
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        except rexc.RedisError as exc:
+            raise self._unavailable(exc) from exc
+
+    async def run_ops(self, ops: Sequence[_Op]) -> list[Any]:
+        """Run *ops* in one pipeline; one outcome (result or exception) per op.
+
+        Scripts a restarted server has forgotten (``NOSCRIPT``) are loaded and
+        the affected commands re-sent, in their order, in one more round trip.
+        A connection failure fails every op with ``ProviderUnavailableError``.
+        """
+        if not ops:
+            return []
+        replies = await self._pipeline([op.args for op in ops])
+        missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
+        if missing:
+            log.info("redis forgot the session scripts (restart or SCRIPT FLUSH); loading them again")
+            loads = [("SCRIPT LOAD", s.source) for s in SCRIPTS]
+            again = await self._pipeline(loads + [ops[i].args for i in missing])
+            for i, reply in zip(missing, again[len(loads) :]):
+                replies[i] = reply
+        outcomes: list[Any] = []
+        for op, reply in zip(ops, replies):
+            if isinstance(reply, BaseException):
+                outcomes.append(self._refused(op, reply))
+                continue
+            try:
+                outcomes.append(op.finish(reply))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _run_one(self, message: Message) -> Any:
+        op = self.build_op(message)
+        assert op is not None
+        (outcome,) = await self.run_ops([op])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
+        """Answer every drained message; consecutive pipelinable ones share one round trip.
+
+        Reads, releases, exists, destroys and regenerates go out as one
+        pipeline, executed in message order on one connection. GC needs no
+        command; ``All`` (a SCAN loop), init and close run on their own. Each
+        message gets its own outcome: a bad value fails only its release.
+        """
+        outcomes: list[Any] = [None] * len(messages)
+        pending: list[tuple[int, _Op]] = []
+
+        async def flush() -> None:
+            if not pending:
+                return
+            try:
+                results = await self.run_ops([op for _, op in pending])
+            except Exception as exc:  # the round trip failed: every op in it fails
+                results = [exc] * len(pending)
+            for (index, _), result in zip(pending, results):
+                outcomes[index] = result
+            pending.clear()
+
+        for index, message in enumerate(messages):
+            if isinstance(message, GC):
+                outcomes[index] = None  # Redis expires keys itself
+                continue
+            try:
+                op = self.build_op(message)
+            except Exception as exc:  # e.g. an unserializable value: fails this message only
+                outcomes[index] = exc
+                continue
+            if op is not None:
+                pending.append((index, op))
+                continue
+            await flush()
+            try:
+                outcomes[index] = await self.dispatch(message)
+            except Exception as exc:
+                outcomes[index] = exc
+        await flush()
+        return outcomes
+
+    # ------------------------------------------------------------ beego verbs
+
+    async def session_read(self, sid: str) -> SessionData | None:
+        """``HGETALL`` + ``EXPIRE`` to the stored lifetime, in one script; ``None`` if missing."""
+        result: SessionData | None = await self._run_one(Read(sid))
+        return result
+
+    async def session_exist(self, sid: str) -> bool:
+        """``EXISTS``; does not refresh the TTL."""
+        return bool(await self._run_one(Exist(sid)))
+
+    async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
+        """``RENAME`` old to new inside a script (old gone, TTL reset); empty record if old is missing."""
+        result: SessionData = await self._run_one(Regenerate(old_sid, sid))
+        return result
+
+    async def session_destroy(self, sid: str) -> None:
+        """``DEL``; a missing key is fine."""
+        await self._run_one(Destroy(sid))
+
+    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
+        """Apply *changes* atomically and set the TTL to *expiry* seconds (see the module docs)."""
+        await self._run_one(Release(sid, changes, expiry))
+
+    async def session_gc(self) -> None:
+        """No-op: Redis expires idle sessions through their TTL."""
+
+    async def session_all(self) -> int:
+        """Keys under the prefix, counted with ``SCAN`` (never ``KEYS``); one round trip per cursor step."""
+        pattern = _glob_escape(self.key_prefix) + "*"
+        cursor: Any = 0
+        count = 0
+        while True:
+            (reply,) = await self._pipeline([("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)])
+            if isinstance(reply, BaseException):
+                raise self._unavailable(reply)
+            cursor, keys = reply
+            count += len(keys)
+            if int(cursor) == 0:
+                return count
+
+
+def _stage(pipe: Any, args: tuple[Any, ...]) -> None:
+    """Queue one command on *pipe* (redis-py leaves this method untyped)."""
+    pipe.pipeline_execute_command(*args)
+
+
+def _glob_escape(text: str) -> str:
+    """*text* with Redis glob metacharacters escaped, for ``SCAN MATCH``."""
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
