@@ -46,7 +46,7 @@ from .provider import (
     Release,
 )
 from .registry import lookup
-from .session import Session
+from .session import COOKIE_OPTIONS, META_KEY, Session
 
 if TYPE_CHECKING:  # pragma: no cover
     from tornado.web import RequestHandler
@@ -149,6 +149,7 @@ class SessionManager:
     def __init__(self, provider: Any = "memory", *args: Any, **kwargs: Any) -> None:
         self.config: ManagerConfig = build_config(provider, *args, **kwargs)
         self._provider_cls: type[Provider] = lookup(self.config.provider)
+        self.config = self._provider_cls.configure_manager(self.config)
         self._actor: ActorRef | None = None
         self._gc_callback: PeriodicCallback | None = None
         self._start_lock: asyncio.Lock | None = None
@@ -271,41 +272,59 @@ class SessionManager:
 
     # ------------------------------------------------------------ cookies
 
-    def _cookie_header(self, value: str, max_age: int | None) -> str:
+    def cookie_attributes(self, session: Session | None = None) -> dict[str, Any]:
+        """Path, domain, secure, http_only, same_site, partitioned for *session*'s cookie.
+
+        The manager's configuration, overridden by the session's own
+        :meth:`Session.set_cookie_options`.
+        """
         c = self.config
-        parts = [f"{c.cookie_name}={value}", f"Path={c.path}"]
-        if c.domain:
-            parts.append(f"Domain={c.domain}")
+        attrs: dict[str, Any] = {name: getattr(c, name) for name in COOKIE_OPTIONS}
+        if session is not None:
+            attrs.update(session.cookie_options)
+        return attrs
+
+    def _cookie_header(self, value: str, max_age: int | None, session: Session | None = None) -> str:
+        a = self.cookie_attributes(session)
+        parts = [f"{self.config.cookie_name}={value}", f"Path={a['path']}"]
+        if a["domain"]:
+            parts.append(f"Domain={a['domain']}")
         if max_age is not None:
             parts.append(f"Expires={email.utils.formatdate(time.time() + max_age, usegmt=True)}")
             parts.append(f"Max-Age={max_age}")
-        if c.http_only:
+        if a["http_only"]:
             parts.append("HttpOnly")
-        if c.secure:
+        if a["secure"]:
             parts.append("Secure")
-        parts.append(f"SameSite={c.same_site}")
-        if c.partitioned:
+        parts.append(f"SameSite={a['same_site']}")
+        if a["partitioned"]:
             parts.append("Partitioned")
         return "; ".join(parts)
 
-    def _expire_header(self) -> str:
-        c = self.config
+    def _expire_header(self, session: Session | None = None) -> str:
+        a = self.cookie_attributes(session)
         parts = [
-            f"{c.cookie_name}=",
-            f"Path={c.path}",
+            f"{self.config.cookie_name}=",
+            f"Path={a['path']}",
         ]
-        if c.domain:
-            parts.append(f"Domain={c.domain}")
+        if a["domain"]:
+            parts.append(f"Domain={a['domain']}")
         parts.append("Expires=Thu, 01 Jan 1970 00:00:00 GMT")
         parts.append("Max-Age=0")
-        if c.http_only:
+        if a["http_only"]:
             parts.append("HttpOnly")
-        if c.secure:
+        if a["secure"]:
             parts.append("Secure")
-        parts.append(f"SameSite={c.same_site}")
-        if c.partitioned:
+        parts.append(f"SameSite={a['same_site']}")
+        if a["partitioned"]:
             parts.append("Partitioned")
         return "; ".join(parts)
+
+    @property
+    def _writes_cookie(self) -> bool:
+        # A client-side store *is* the cookie, so it is written even with
+        # enable_set_cookie=false (as beego's cookie provider does; seed 001).
+        return self.config.enable_set_cookie or self.client_side
 
     def cookie_max_age(self, session: Session) -> int | None:
         """``Max-Age`` for *session*'s cookie in seconds, or ``None`` for a browser-session cookie."""
@@ -324,9 +343,9 @@ class SessionManager:
         if handler is None:
             return
         state = request_state(handler)
-        if self.config.enable_set_cookie:
+        if self._writes_cookie:
             state.cookies[self.config.cookie_name] = self._cookie_header(
-                value if value is not None else session.session_id, self.cookie_max_age(session)
+                value if value is not None else session.session_id, self.cookie_max_age(session), session
             )
             apply_cookies(handler)
         if (
@@ -337,11 +356,11 @@ class SessionManager:
             handler.set_header(self.config.header_name, session.session_id)
         state.cookie_issued.add(id(session))
 
-    def _expire(self, handler: RequestHandler | None) -> None:
-        if handler is None or not self.config.enable_set_cookie:
+    def _expire(self, handler: RequestHandler | None, session: Session | None = None) -> None:
+        if handler is None or not self._writes_cookie:
             return
         state = request_state(handler)
-        state.cookies[self.config.cookie_name] = self._expire_header()
+        state.cookies[self.config.cookie_name] = self._expire_header(session)
         apply_cookies(handler)
 
     # ------------------------------------------------------------ sessions
@@ -370,8 +389,10 @@ class SessionManager:
             if raw:
                 decoded = await self._ask(DecodeCookie(raw))
                 if decoded is not None:
-                    sid, data, expiry = decoded
-                    session = Session(self, sid, data, expiry=expiry)
+                    # a DecodedCookie, or a plain (sid, data, expiry) from an older provider
+                    sid, data, expiry = decoded[0], decoded[1], decoded[2]
+                    reissue = bool(getattr(decoded, "reissue", False))
+                    session = Session(self, sid, data, expiry=expiry, save_if_unmodified=reissue)
         elif raw is not None and self.valid_sid(raw):
             data = await self._ask(Read(raw))
             if data is not None:
@@ -407,11 +428,11 @@ class SessionManager:
             return
         if not session.needs_save():
             return
-        expiry_changed = session._expiry_changed
+        expiry_changed = session._expiry_changed or session._cookie_changed
         was_new = session.is_new
         lifetime = self.server_lifetime(session)
         if self.client_side:
-            value = await self._ask(EncodeCookie(session.session_id, session.to_dict(), lifetime))
+            value = await self._ask(EncodeCookie(session.session_id, session._record(), lifetime))
             session._mark_saved()
             self._issue(handler, session, value)
             return
@@ -425,19 +446,16 @@ class SessionManager:
     async def session_destroy(self, handler: RequestHandler) -> None:
         """Delete the request's session and expire its cookie (beego's ``SessionDestroy``)."""
         session = self.current_session(handler)
-        if session is not None:
-            await self._destroy_session(session, handler)
-            return
-        raw = self._raw_from_request(handler)
-        if raw is not None and not self.client_side and self.valid_sid(raw):
-            await self._ask(Destroy(raw))
-        self._expire(handler)
+        if session is None:
+            # Load it first: its cookie must be expired with the attributes it was set with.
+            session = await self.session_start(handler)
+        await self._destroy_session(session, handler)
 
     async def _destroy_session(self, session: Session, handler: RequestHandler | None) -> None:
         if not self.client_side and not session.is_new:  # a new session was never stored
             await self._ask(Destroy(session.session_id))
         session._mark_destroyed()
-        self._expire(handler)
+        self._expire(handler, session)
 
     async def session_regenerate_id(self, handler: RequestHandler) -> Session:
         """Move the request's session to a new id (beego's ``SessionRegenerateId``).
@@ -477,6 +495,8 @@ class SessionManager:
         if not self.valid_sid(sid):
             return None
         data: dict[Any, Any] | None = await self._ask(Read(sid))
+        if data is not None:
+            data.pop(META_KEY, None)
         return data
 
     def set_secure(self, secure: bool) -> None:

@@ -25,7 +25,10 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import ManagerConfig
 
 __all__ = [
     "Provider",
@@ -43,9 +46,22 @@ __all__ = [
     "EncodeCookie",
     "Close",
     "SessionData",
+    "DecodedCookie",
 ]
 
 SessionData = dict[Any, Any]
+
+
+class DecodedCookie(NamedTuple):
+    """What a client-side provider's :meth:`Provider.cookie_decode` found in a cookie."""
+
+    sid: str
+    data: SessionData
+    #: Per-session lifetime in seconds (``set_expiry``), or ``None`` for the manager's default.
+    expiry: int | None = None
+    #: The cookie must be issued again even if the request changes nothing: it was
+    #: made with an older key (rotation) or is old enough to need refreshing.
+    reissue: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,12 +267,25 @@ class Provider(abc.ABC):
     async def session_close(self) -> None:  # noqa: B027 - optional hook
         """Release connections, pools and files. Called once, inside the actor."""
 
-    async def cookie_decode(self, value: str) -> tuple[str, SessionData, int | None] | None:
-        """Client-side providers: ``(sid, data, expiry)`` from a cookie value, or ``None``.
+    @classmethod
+    def configure_manager(cls, config: ManagerConfig) -> ManagerConfig:
+        """Adjust the manager's configuration from this provider's ``provider_config``.
 
-        *expiry* is the per-session lifetime set with ``set_expiry`` (seconds),
-        or ``None`` for the manager's default. ``None`` as a whole means the
-        cookie is missing, tampered, expired or undecodable (log a warning).
+        Called once when a :class:`~gosession_tornado.SessionManager` is built,
+        in the caller's thread, so a bad ``provider_config`` can raise
+        :class:`~gosession_tornado.errors.ConfigError` early. The default
+        returns *config* unchanged; the cookie provider applies beego's
+        ``cookieName``, ``secure`` and ``maxage`` from its own config.
+        """
+        return config
+
+    async def cookie_decode(self, value: str) -> DecodedCookie | None:
+        """Client-side providers: a :class:`DecodedCookie` from a cookie value, or ``None``.
+
+        ``None`` means the cookie is tampered, expired or undecodable (log a
+        warning); the manager then starts a fresh session. Set
+        :attr:`DecodedCookie.reissue` to have the manager write the cookie
+        again even if the request changes nothing (key rotation, refresh).
         """
         raise NotImplementedError(f"{type(self).__name__} is not a client-side provider")
 

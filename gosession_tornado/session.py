@@ -17,6 +17,8 @@ from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from . import codec
+from .config import SAME_SITE_VALUES
+from .errors import ConfigError
 from .provider import Changes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,10 +26,44 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .manager import SessionManager
 
-__all__ = ["Session", "FLASH_KEY"]
+__all__ = ["Session", "FLASH_KEY", "META_KEY", "COOKIE_OPTIONS"]
 
 #: Default key flashes are stored under.
 FLASH_KEY = "_flash"
+
+#: Reserved key under which the stored record keeps this session's own settings
+#: (``set_expiry`` lifetime, ``set_cookie_options``), so that later requests,
+#: re-issued cookies and ``session_destroy`` use them. Never visible through
+#: the mapping; :meth:`Session.set` refuses it.
+META_KEY = "__gosession__"
+
+#: Cookie attributes :meth:`Session.set_cookie_options` accepts (the
+#: :class:`~gosession_tornado.config.ManagerConfig` field names).
+COOKIE_OPTIONS = ("path", "domain", "secure", "http_only", "same_site", "partitioned")
+
+
+def _check_cookie_option(name: str, value: Any) -> Any:
+    """The canonical value of cookie attribute *name*; :class:`ConfigError` if invalid."""
+    if name in ("secure", "http_only", "partitioned"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"cookie option {name!r} must be a bool, got {value!r}", key=name)
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"cookie option {name!r} must be a string, got {value!r}", key=name)
+    if name == "path" and (not value.startswith("/") or any(c in value for c in ";\r\n")):
+        raise ConfigError(
+            f"cookie option 'path' must start with '/' and hold no ';', got {value!r}", key=name
+        )
+    if name == "domain" and any(c in value for c in ";\r\n ,"):
+        raise ConfigError(f"cookie option 'domain' is not a valid cookie domain: {value!r}", key=name)
+    if name == "same_site":
+        canon = SAME_SITE_VALUES.get(value.lower())
+        if canon is None:
+            raise ConfigError(
+                f"cookie option 'same_site' must be 'Lax', 'Strict' or 'None', got {value!r}", key=name
+            )
+        return canon
+    return value
 
 _MISSING = object()
 
@@ -64,6 +100,26 @@ class Session(MutableMapping[Any, Any]):
         self._destroyed = False
         self._released = False
         self._save_if_unmodified = is_new if save_if_unmodified is None else save_if_unmodified
+        #: Per-session cookie attributes (see :meth:`set_cookie_options`).
+        self._cookie_options: dict[str, Any] = {}
+        self._cookie_changed = False
+        self._load_meta(self._data.pop(META_KEY, None))
+
+    def _load_meta(self, meta: Any) -> None:
+        """Restore the settings an earlier request stored under :data:`META_KEY`."""
+        if not isinstance(meta, dict):
+            return
+        expiry = meta.get("expiry")
+        if self._expiry is None and isinstance(expiry, int) and not isinstance(expiry, bool) and expiry >= 0:
+            self._expiry = expiry
+        options = meta.get("cookie")
+        if isinstance(options, dict):
+            for name, value in options.items():
+                if name in COOKIE_OPTIONS:
+                    try:
+                        self._cookie_options[name] = _check_cookie_option(name, value)
+                    except ConfigError:
+                        continue  # a stale or foreign value: the manager's default applies
 
     # ------------------------------------------------------------ identity
 
@@ -83,8 +139,10 @@ class Session(MutableMapping[Any, Any]):
 
     @property
     def modified(self) -> bool:
-        """True if this request set, deleted or flushed keys or changed the expiry."""
-        return bool(self._set or self._deleted or self._flushed or self._expiry_changed)
+        """True if this request set, deleted or flushed keys or changed the expiry or cookie options."""
+        return bool(
+            self._set or self._deleted or self._flushed or self._expiry_changed or self._cookie_changed
+        )
 
     @property
     def expiry(self) -> int | None:
@@ -132,7 +190,10 @@ class Session(MutableMapping[Any, Any]):
         """Set *key* to *value* (beego's ``Set``).
 
         :raises TypeError: naming *key* if *key* or *value* cannot be serialized.
+        :raises KeyError: for the reserved key :data:`META_KEY`.
         """
+        if key == META_KEY:
+            raise KeyError(f"session key {META_KEY!r} is reserved by gosession-tornado")
         codec.check_serializable(key, value)
         self._data[key] = value
         self._set[key] = value
@@ -140,6 +201,8 @@ class Session(MutableMapping[Any, Any]):
 
     def delete(self, key: Any) -> None:
         """Remove *key*; a missing key is not an error (beego's ``Delete``)."""
+        if key == META_KEY:
+            return  # reserved, never visible: nothing to delete
         self._data.pop(key, None)
         self._set.pop(key, None)
         self._deleted.add(key)
@@ -204,13 +267,77 @@ class Session(MutableMapping[Any, Any]):
         self._expiry = seconds
         self._expiry_changed = True
 
+    # ------------------------------------------------------------ cookie options
+
+    @property
+    def cookie_options(self) -> dict[str, Any]:
+        """This session's own cookie attributes (a copy); missing ones come from the manager."""
+        return dict(self._cookie_options)
+
+    def set_cookie_options(
+        self,
+        *,
+        path: str | None = None,
+        domain: str | None = None,
+        secure: bool | None = None,
+        http_only: bool | None = None,
+        same_site: str | None = None,
+        partitioned: bool | None = None,
+    ) -> None:
+        """Override the manager's cookie attributes for this session (gorilla's per-session ``Options``).
+
+        Arguments left ``None`` keep their current value. The options are
+        stored with the session, so the cookie is re-issued now and every later
+        ``Set-Cookie`` for it, the expiring one of ``session_destroy``
+        included, carries the same ``Path``, ``Domain``, ``Secure``,
+        ``HttpOnly``, ``SameSite`` and ``Partitioned``. Changing ``path`` or
+        ``domain`` of an existing cookie leaves the browser's old cookie in
+        place: set them when the session starts (e.g. at login).
+
+        :raises ConfigError: for a value of the wrong type or an invalid one.
+        """
+        given = {
+            "path": path, "domain": domain, "secure": secure,
+            "http_only": http_only, "same_site": same_site, "partitioned": partitioned,
+        }
+        checked = {name: _check_cookie_option(name, v) for name, v in given.items() if v is not None}
+        if not checked:
+            return
+        self._cookie_options.update(checked)
+        self._cookie_changed = True
+
     # ------------------------------------------------------------ release
+
+    def _meta(self) -> dict[str, Any]:
+        """The settings stored under :data:`META_KEY` (empty if there are none)."""
+        meta: dict[str, Any] = {}
+        if self._expiry is not None and self._expiry >= 0:
+            meta["expiry"] = self._expiry
+        if self._cookie_options:
+            meta["cookie"] = dict(self._cookie_options)
+        return meta
+
+    def _record(self) -> dict[Any, Any]:
+        """The data as a provider stores it: the mapping plus :data:`META_KEY` if set."""
+        record = dict(self._data)
+        meta = self._meta()
+        if meta:
+            record[META_KEY] = meta
+        return record
 
     def changes(self) -> Changes:
         """The delta this request made (what :meth:`release` sends)."""
+        changed = dict(self._set)
+        deleted = set(self._deleted)
+        meta = self._meta()
+        if self._expiry_changed or self._cookie_changed or (self._flushed and meta):
+            if meta:
+                changed[META_KEY] = meta
+            else:
+                deleted.add(META_KEY)
         return Changes(
-            set=dict(self._set),
-            deleted=frozenset(self._deleted),
+            set=changed,
+            deleted=frozenset(deleted),
             flushed=self._flushed,
             create=self._is_new,
         )
@@ -241,6 +368,7 @@ class Session(MutableMapping[Any, Any]):
         self._deleted.clear()
         self._flushed = False
         self._expiry_changed = False
+        self._cookie_changed = False
         self._is_new = False
         self._save_if_unmodified = False
 
