@@ -464,6 +464,16 @@ class StatusHandler(BaseHandler):
         self.finish(json.dumps(status, default=str))
 
 
+class NotFoundHandler(BaseHandler):
+    """Any other path: a themed 404 page; creates no main session."""
+
+    session_autoload = False
+
+    async def prepare(self) -> None:
+        self.prefs = await self.get_session("prefs")
+        raise tornado.web.HTTPError(404)
+
+
 # ---------------------------------------------------------------- application
 
 
@@ -492,6 +502,7 @@ def make_app(args: argparse.Namespace | Sequence[str] | None = None) -> tornado.
             (r"/prefs", PrefsHandler),
             (r"/status", StatusHandler),
         ],
+        default_handler_class=NotFoundHandler,
         template_path=str(HERE / "templates"),
         static_path=str(HERE / "static"),
         cookie_secret=derive_key(secret, "tornado-cookie-secret"),
@@ -514,7 +525,7 @@ async def serve(app: tornado.web.Application, host: str, port: int) -> int:
     try:
         await start_managers(app)
     except DemoError as exc:
-        _fail(f"{exc}\n  Is the server running? Pick its address with --config, or use --provider memory.")
+        _fail(f"{exc}\n  Start the server, point --config at it, or use --provider memory.")
         await close_managers(app)
         return 1
     try:

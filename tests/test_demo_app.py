@@ -292,6 +292,32 @@ async def test_bad_session_cookie_gets_a_fresh_session_not_an_error(demo: DemoFa
         assert not cookie.startswith(f"{MAIN_COOKIE}={junk};")
 
 
+async def test_cookie_provider_as_the_main_session(demo: DemoFactory) -> None:
+    require_provider("cookie")
+    client, app = await demo("--provider", "cookie")
+    assert app.settings["session_managers"]["main"].client_side
+    await client.fetch("/")
+    anonymous = client.cookies[MAIN_COOKIE]
+    await login(client, "gus")
+    assert client.cookies[MAIN_COOKIE] != anonymous
+    page = (await client.fetch("/")).body.decode()
+    assert "Welcome, gus" in page and 'id="visits">1<' in page
+    assert "Client-side sessions live in the cookie itself" in page
+    assert 'id="visits">2<' in (await client.fetch("/")).body.decode()
+    await post_form(client, "/logout")
+    assert "You have been logged out." in (await client.fetch("/")).body.decode()
+    assert json.loads((await client.fetch("/status")).body)["user"] is None
+
+
+async def test_unknown_path_is_a_themed_404_without_a_main_session(demo: DemoFactory) -> None:
+    client, _ = await demo()
+    resp = await client.fetch("/no/such/page")
+    assert resp.code == 404
+    assert b"There is no such page." in resp.body
+    assert b'class="theme-light"' in resp.body
+    assert not set_cookies(resp, MAIN_COOKIE)
+
+
 # ---------------------------------------------------------------- config and secrets
 
 
