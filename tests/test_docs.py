@@ -1,0 +1,286 @@
+"""The documentation builds, covers the public API and config keys, and its examples run.
+
+CI only runs ``bash scripts/test.sh``, so this module is how CI builds the
+Sphinx site: ``sphinx-build -W --keep-going`` (warnings are errors), as
+``tox -e docs`` does. The README's example, the quickstart's login example
+and the own-provider example are executed against a real Tornado server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import pathlib
+import re
+import secrets
+import subprocess
+import sys
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from types import ModuleType
+from typing import Any
+
+import pytest
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+import gosession_tornado
+from gosession_tornado import SessionManager, SessionMixin, config, register, unregister
+from gosession_tornado.provider import GC, Changes, EncodeCookie, Init, Read, Release
+from gosession_tornado.web import managers_for
+
+from .conftest import Client
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
+
+
+# ---------------------------------------------------------------- the Sphinx build
+
+
+@pytest.fixture(scope="module")
+def built_docs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Build the site once for this module, warnings as errors; returns the HTML dir."""
+    out = tmp_path_factory.mktemp("docs")
+    html = out / "html"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html",
+            "-d", str(out / "doctrees"), str(DOCS), str(html),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert proc.returncode == 0, (
+        f"sphinx-build -W failed ({proc.returncode}):\n{proc.stderr[-6000:]}\n{proc.stdout[-2000:]}"
+    )
+    return html
+
+
+def test_sphinx_build_passes_with_warnings_as_errors(built_docs: pathlib.Path) -> None:
+    for page in ("index", "quickstart", "configuration", "own_provider", "security", "migrating",
+                 "operations", "api", "gorilla", "providers/index", "providers/memory"):
+        assert (built_docs / f"{page}.html").is_file(), f"docs page {page!r} was not built"
+
+
+def _inventory(html: pathlib.Path) -> set[str]:
+    """The ``py:`` object names in Sphinx's ``objects.inv`` (format version 2)."""
+    raw = (html / "objects.inv").read_bytes()
+    header_end = 0
+    for _ in range(4):  # four "# ..." header lines, then zlib data
+        header_end = raw.index(b"\n", header_end) + 1
+    assert raw.startswith(b"# Sphinx inventory version 2")
+    names: set[str] = set()
+    for line in zlib.decompress(raw[header_end:]).decode("utf-8").splitlines():
+        match = re.match(r"(.+?)\s+(py:\S+)\s+-?\d+\s", line)
+        if match:
+            names.add(match.group(1))
+    return names
+
+
+def test_api_reference_documents_every_public_name(built_docs: pathlib.Path) -> None:
+    documented = _inventory(built_docs)
+    missing = []
+    for name in gosession_tornado.__all__:
+        if name.startswith("__"):
+            continue
+        obj = getattr(gosession_tornado, name)
+        if f"{obj.__module__}.{name}" not in documented:
+            missing.append(f"{obj.__module__}.{name}")
+    assert not missing, f"public names missing from the API reference: {missing}"
+    for method in ("session_start", "session_destroy", "session_regenerate_id", "get_active_sessions",
+                   "gc", "stats", "set_secure", "set_hash_func", "start", "close"):
+        assert f"gosession_tornado.manager.SessionManager.{method}" in documented, method
+    assert "gosession_tornado.providers.memory.MemoryProvider" in documented
+
+
+def test_configuration_reference_names_every_key() -> None:
+    """Every key build_config accepts (snake_case and beego spellings) is in configuration.rst."""
+    text = (DOCS / "configuration.rst").read_text(encoding="utf-8")
+    literals = {config.normalize_key(m) for m in re.findall(r"``([^`]+)``", text)}
+    accepted = set(config._ALIASES) | set(config._IGNORED_WITH_WARNING) | {"disablehttponly"}
+    missing = sorted(accepted - literals)
+    assert not missing, f"configuration.rst does not mention these keys: {missing}"
+    for field in config.ManagerConfig.__dataclass_fields__:
+        assert f"``{field}``" in text, f"snake_case key {field!r} missing from configuration.rst"
+
+
+# ---------------------------------------------------------------- README
+
+
+def _readme_code_lines() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    lines = [line.strip() for line in re.findall(r"^ {4}(\S.*)$", text, re.M)]
+    for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, re.S):
+        lines.extend(line.strip() for line in block.splitlines())
+    return lines
+
+
+def test_readme_commands_are_the_scripts() -> None:
+    lines = _readme_code_lines()
+    assert "bash scripts/demo.sh" in lines
+    assert "bash scripts/test.sh" in lines
+    assert "http://127.0.0.1:8888/" in README.read_text(encoding="utf-8")
+    demo = (ROOT / "scripts" / "demo.sh").read_text(encoding="utf-8")
+    test = (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8")
+    assert demo.startswith("#!/usr/bin/env bash") and test.startswith("#!/usr/bin/env bash")
+    assert re.search(r"^exec .*python -m demo_app\b", demo, re.M), "demo.sh no longer runs demo_app"
+    assert re.search(r"^exec .*python -m pytest\b", test, re.M), "test.sh no longer runs pytest"
+    for script in ("demo.sh", "test.sh"):
+        subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], check=True)
+    # CI runs exactly the README's test command.
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(r"^bash scripts/test\.sh\b", ci, re.M)
+
+
+def test_readme_links_to_docs_that_exist() -> None:
+    text = README.read_text(encoding="utf-8")
+    links = re.findall(r"\]\((docs/[^)#]+)", text)
+    assert links, "the README links to no docs page"
+    for link in links:
+        assert (ROOT / link).exists(), f"README links to missing {link}"
+    assert "tox -e docs" in text
+
+
+# ---------------------------------------------------------------- runnable examples
+
+
+@asynccontextmanager
+async def _serve_app(app: tornado.web.Application) -> AsyncIterator[Client]:
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets(sockets)
+    client = Client(f"http://127.0.0.1:{sockets[0].getsockname()[1]}")
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+        await server.close_all_connections()
+        for manager in set(managers_for(app).values()):
+            await manager.close()
+
+
+def _load(path: pathlib.Path, source: str | None = None) -> ModuleType:
+    """Execute *path* (or *source*) as a fresh module not named ``__main__``."""
+    name = f"docs_example_{path.stem}_{secrets.token_hex(4)}"
+    if source is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    module = ModuleType(name)
+    exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - the README's own example
+    return module
+
+
+async def test_readme_example_counts_visits() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    assert blocks, "the README has no python example"
+    example = _load(README, blocks[0])
+    async with _serve_app(example.make_app()) as client:
+        first = await client.fetch("/")
+        second = await client.fetch("/")
+        fresh = await client.fetch("/", use_jar=False)
+    assert first.body == b"visits: 1"
+    assert second.body == b"visits: 2"
+    assert fresh.body == b"visits: 1"
+
+
+async def test_quickstart_login_example() -> None:
+    login = _load(DOCS / "examples" / "login.py")
+    async with _serve_app(login.make_app()) as client:
+        form = await client.fetch("/login")
+        assert b"<form" in form.body
+        anonymous_sid = client.cookies["gosessionid"]
+        wrong = await client.fetch("/login", method="POST", body="username=ann&password=nope")
+        assert wrong.code == 403
+        ok = await client.fetch("/login", method="POST", body="username=ann&password=wonderland")
+        assert ok.code == 302
+        assert client.cookies["gosessionid"] != anonymous_sid, "login must regenerate the session id"
+        hello = await client.fetch("/login")
+        assert hello.body.startswith(b"hello ann")
+        stolen = await client.fetch("/login", headers={"Cookie": f"gosessionid={anonymous_sid}"})
+        assert b"<form" in stolen.body, "the pre-login id must not be logged in"
+        out = await client.fetch("/logout")
+        assert out.code == 302
+        assert "gosessionid" not in client.cookies
+        assert b"<form" in (await client.fetch("/login")).body
+
+
+@pytest.fixture
+def sqlite_provider() -> Any:
+    module = _load(DOCS / "examples" / "sqlite_provider.py")
+    name = f"sqlite_{secrets.token_hex(4)}"
+    register(name, module.SQLiteProvider)
+    yield name, module.SQLiteProvider
+    unregister(name)
+
+
+async def test_own_provider_example_keeps_concurrent_keys_and_moves_ids(
+    sqlite_provider: Any, tmp_path: pathlib.Path, serve: Callable[..., Awaitable[Client]]
+) -> None:
+    name, _ = sqlite_provider
+    db = str(tmp_path / "sessions.db")
+    manager = SessionManager(name, {"cookie_name": "sid", "provider_config": db})
+    other = SessionManager(name, {"cookie_name": "sid", "provider_config": db})  # "another process"
+
+    class SetHandler(SessionMixin, tornado.web.RequestHandler):
+        async def get(self, key: str) -> None:
+            self.session[key] = int(self.get_query_argument("v"))
+
+    class LoginHandler(SessionMixin, tornado.web.RequestHandler):
+        async def get(self) -> None:
+            await self.session_regenerate_id()
+
+    try:
+        handlers = [(r"/set/(\w+)", SetHandler), (r"/login", LoginHandler)]
+        client = await serve(handlers, session_manager=manager)
+        assert (await client.fetch("/set/a?v=1")).code == 200
+        sid = client.cookies["sid"]
+        responses = await asyncio.gather(*(client.fetch(f"/set/k{i}?v={i}") for i in range(8)))
+        assert [r.code for r in responses] == [200] * 8
+        await other.start()
+        assert await other.read(sid) == {"a": 1, **{f"k{i}": i for i in range(8)}}
+        await client.fetch("/login")
+        new_sid = client.cookies["sid"]
+        assert new_sid != sid
+        assert await other.read(sid) is None
+        assert (await other.read(new_sid) or {}).get("a") == 1
+        assert await manager.get_active_sessions() == 1
+        stats = manager.stats()
+        assert stats["calls"]["release"]["errors"] == 0
+    finally:
+        await manager.close()
+        await other.close()
+
+
+async def test_own_provider_example_batch_fails_one_message_only(
+    sqlite_provider: Any, tmp_path: pathlib.Path
+) -> None:
+    _, cls = sqlite_provider
+    provider = cls()
+    await provider.dispatch(Init(60, str(tmp_path / "s.db")))
+    sid = "a" * 32
+    try:
+        outcomes = await provider.handle_batch([
+            Release(sid, Changes(set={"x": 1}, create=True), 60),
+            EncodeCookie(sid, {}, 60),  # not a cookie provider: fails alone
+            Read(sid),
+            Release("b" * 32, Changes(set={"y": 2}), 60),  # not created: no resurrection
+            Read("b" * 32),
+        ])
+        assert outcomes[0] is None
+        assert isinstance(outcomes[1], NotImplementedError)
+        assert outcomes[2] == {"x": 1}
+        assert outcomes[3] is None and outcomes[4] is None
+        provider.db.execute("UPDATE session SET expires = 0 WHERE sid = ?", (sid,))
+        assert await provider.session_read(sid) is None, "an expired record was served"
+        assert await provider.session_all() == 0
+        await provider.handle_batch([GC()])
+        assert provider.db.execute("SELECT COUNT(*) FROM session").fetchone()[0] == 0
+    finally:
+        await provider.session_close()
