@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -677,3 +679,19 @@ async def test_forgotten_scripts_are_reloaded(private_redis: RedisServer) -> Non
         ]
         assert await m.read(sid) == {"a": 1, "b": 2}
     await admin.aclose()
+
+
+async def test_hung_redis_times_out_then_recovers(private_redis: RedisServer) -> None:
+    async with manager("gsh:", port=private_redis.port, provider_timeout=1) as m:
+        sid = m.new_sid()
+        await ask(m, Release(sid, create(a=1), 60))
+        assert private_redis.proc is not None
+        pid = private_redis.proc.pid
+        os.kill(pid, signal.SIGSTOP)  # accepts connections, answers nothing
+        try:
+            with pytest.raises(ProviderUnavailableError):
+                await m.read(sid)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await m.read(sid) == {"a": 1}
+        assert await ask(m, Exist(sid)) is True
