@@ -120,6 +120,8 @@ class SessionMixin(_Base):
     _gs_session: Session | None = None
     _gs_tail: asyncio.Future[Any] | None = None
     _gs_finish_future: asyncio.Future[None] | None = None
+    #: A save failed and the response was replaced by the error page.
+    _gs_failed: bool = False
 
     # ------------------------------------------------------------ managers
 
@@ -219,6 +221,8 @@ class SessionMixin(_Base):
     # ------------------------------------------------------------ saving
 
     def _gs_unsaved(self) -> list[Session]:
+        if self._gs_failed:
+            return []  # the response is the error page now; nothing is retried
         state = request_state(self)
         return [
             s
@@ -270,6 +274,7 @@ class SessionMixin(_Base):
         log.error("could not save session for %s %s: %s", self.request.method, self.request.uri, exc)
         if self._headers_written:
             return
+        self._gs_failed = True
         self.clear()
         request_state(self).cookies.clear()
         self.set_status(status, reason=reason)
@@ -277,6 +282,12 @@ class SessionMixin(_Base):
         if status == 503:
             self.set_header("Retry-After", "1")
         self._write_buffer = [f"{status} {reason}: {message}\n".encode()]
+
+    def write(self, chunk: str | bytes | dict[str, Any]) -> None:
+        """As :meth:`RequestHandler.write`; dropped once a failed save replaced the response."""
+        if self._gs_failed:
+            return
+        super().write(chunk)
 
     def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
         """Save the touched sessions (and write their cookies) before the first flush."""
