@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import json
 import logging
 import os
 import time
@@ -453,7 +454,7 @@ async def test_seed_001_config_works_as_written(serve: Any, caplog: pytest.LogCa
 
 
 async def test_beego_cookie_attributes_from_provider_config(serve: Any) -> None:
-    cfg = '{"cookieName":"beegosid","securityKey":"%s","secure":true,"maxage":600}' % ("k" * 40)
+    cfg = json.dumps({"cookieName": "beegosid", "securityKey": "k" * 40, "secure": True, "maxage": 600})
     async with SessionManager("cookie", {"provider_config": cfg}) as m:
         assert (m.config.cookie_name, m.config.secure, m.config.cookie_lifetime) == ("beegosid", True, 600)
         client = await serve(handlers(), session_manager=m)
@@ -468,7 +469,8 @@ async def test_security_key_and_block_key_derive_distinct_stable_keys() -> None:
     Fernet(k)  # a valid Fernet key
     assert derive_key("ab", "c") != derive_key("a", "bc")
     assert derive_key("a", "b") != derive_key("a")
-    assert parse_config({"securityKey": "x" * 32, "blockKey": "y" * 32}).keys == (derive_key("x" * 32, "y" * 32),)
+    both = parse_config({"securityKey": "x" * 32, "blockKey": "y" * 32})
+    assert both.keys == (derive_key("x" * 32, "y" * 32),)
 
 
 async def test_keys_and_security_key_together_migrate_beego_cookies(serve: Any) -> None:
@@ -513,4 +515,5 @@ def test_unknown_provider_config_key_warns() -> None:
 
 def test_single_key_string_and_json_string_forms() -> None:
     assert parse_config({"keys": KEY}).keys == (KEY.encode(),)
-    assert parse_config('{"Keys": ["%s", "%s"]}' % (KEY, OTHER_KEY)).keys == (KEY.encode(), OTHER_KEY.encode())
+    text = json.dumps({"Keys": [KEY, OTHER_KEY]})
+    assert parse_config(text).keys == (KEY.encode(), OTHER_KEY.encode())
