@@ -615,3 +615,92 @@ async def test_streaming_flush_before_finish_carries_the_cookie(
     peek = json.loads((await client.fetch("/peek")).body)
     assert peek["sid"] == sid
     assert peek["data"] == {"streamed": True}
+
+
+class DestroyThenFlash(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        await self.session_destroy()
+        self.session.add_flash("logged out")
+        self.write("ok")
+
+
+class Flashes(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.write(json.dumps(self.session.flashes()))
+
+
+async def test_destroy_then_flash_gives_a_fresh_session_carrying_the_flash(
+    serve: Serve, managers: Callable[..., SessionManager]
+) -> None:
+    m = managers()
+    client = await serve([(r"/", Counter), (r"/logout", DestroyThenFlash), (r"/flashes", Flashes)],
+                         session_manager=m)
+    await client.fetch("/")
+    old = client.cookies["sid"]
+    resp = await client.fetch("/logout")
+    (header,) = set_cookies(resp)  # one cookie: the fresh session's, not the expiring one
+    new = value(header)
+    assert HEX32.fullmatch(new)
+    assert new != old
+    assert "max-age" not in attrs(header)
+    assert await m.read(old) is None
+    assert json.loads((await client.fetch("/flashes")).body) == ["logged out"]
+    assert json.loads((await client.fetch("/flashes")).body) == []
+
+
+async def test_destroy_without_later_writes_stores_nothing(
+    serve: Serve, managers: Callable[..., SessionManager]
+) -> None:
+    m = managers()
+    client = await serve(routes(), session_manager=m)
+    await client.fetch("/")
+    await client.fetch("/destroy")
+    assert await m.get_active_sessions() == 0
+
+
+class LoginRedirect(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.session["user"] = "ann"
+        await self.session_regenerate_id()
+        self.redirect("/peek")
+
+
+async def test_data_set_before_a_redirect_is_seen_by_the_redirected_request(
+    serve: Serve, managers: Callable[..., SessionManager]
+) -> None:
+    client = await serve([(r"/login", LoginRedirect), (r"/peek", Peek)], session_manager=managers())
+    for _ in range(10):
+        resp = await client.fetch("/login")
+        assert resp.code == 302
+        assert set_cookies(resp)
+        peek = json.loads((await client.fetch(resp.headers["Location"])).body)
+        assert peek["data"] == {"user": "ann"}
+        assert peek["sid"] == client.cookies["sid"]
+
+
+class Crash(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.session["before_crash"] = True
+        raise RuntimeError("handler bug")
+
+
+async def test_a_handler_exception_is_a_plain_500(
+    serve: Serve, managers: Callable[..., SessionManager]
+) -> None:
+    client = await serve([(r"/crash", Crash), (r"/", Counter)], session_manager=managers())
+    resp = await client.fetch("/crash")
+    assert resp.code == 500
+    assert (await client.fetch("/")).code == 200  # the server and the manager keep working
+
+
+class ExplicitFinish(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.session["n"] = self.session.get("n", 0) + 1
+        await self.finish(str(self.session["n"]))
+
+
+async def test_explicit_awaited_finish(serve: Serve, managers: Callable[..., SessionManager]) -> None:
+    client = await serve([(r"/", ExplicitFinish)], session_manager=managers())
+    for i in range(1, 4):
+        resp = await client.fetch("/")
+        assert resp.body == str(i).encode()
