@@ -11,7 +11,7 @@ VERSION = re.search(
 ).group(1)
 
 EXTRAS = {
-    "redis": ["redis>=5", "hiredis>=2"],
+    "redis": ["redis>=5.0.1", "hiredis>=2"],
     # aiomysql 0.3.2 breaks on bytes parameters with PyMySQL 1.2 (aio-libs/aiomysql#1080).
     "mysql": ["aiomysql>=0.2", "PyMySQL>=1.0,<1.2"],
     "postgresql": ["asyncpg>=0.29"],
