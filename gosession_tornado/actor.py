@@ -164,7 +164,7 @@ class ActorRef:
         limit = self.timeout if timeout is None else timeout
         try:
             return await asyncio.wait_for(asyncio.shield(fut), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if not fut.done():
                 fut.cancel()  # tells the actor to skip it if still queued
             self._record(message.kind, time.monotonic() - limit, error=True)
@@ -233,7 +233,7 @@ class ActorRef:
                     f"{type(self.provider).__name__}.handle_batch returned {len(outcomes)} "
                     f"results for {len(batch)} messages"
                 )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             exc: BaseException = ProviderUnavailableError(
                 f"session provider {self.name!r} took longer than {self.timeout:g} s; "
                 "is its server up?"
@@ -276,7 +276,7 @@ class ActorRef:
                 self._fail([item])
         try:
             await asyncio.wait_for(self.provider.dispatch(Close()), self.timeout)
-        except (Exception, asyncio.TimeoutError) as exc:
+        except (TimeoutError, Exception) as exc:
             log.warning("session provider %r: close failed: %s", self.name, exc)
         self._closed.set()
 
