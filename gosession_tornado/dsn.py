@@ -1,0 +1,496 @@
+"""MySQL/MariaDB connection settings from the config forms the ``mysql`` provider takes.
+
+:func:`parse_mysql_config` turns any of these into one :class:`MySQLSettings`:
+
+* the **Go DSN** of go-sql-driver/mysql, as in beego's README::
+
+      user:pass@tcp(127.0.0.1:3306)/dbname?param=value
+      user@unix(/run/mysqld/mysqld.sock)/dbname
+      /dbname                          (defaults: tcp(127.0.0.1:3306), no user)
+
+  parsed like the Go driver does it: the *last* ``/`` separates the address
+  part from the database, the *last* ``@`` before it separates the
+  credentials, the *first* ``:`` in the credentials separates user and
+  password (so passwords may hold ``@``, ``:`` and ``/`` unescaped);
+* a **URL**: ``mysql://user:pass@host:port/dbname?param=value`` (also
+  ``mariadb://`` and ``mysql+aiomysql://``); user and password are
+  percent-decoded; ``?unix_socket=/path`` selects a socket;
+* a **dict** (or a JSON object string) with the keys of
+  :class:`MySQLSettings` (``host``, ``port``, ``user``, ``password``,
+  ``database`` …), optionally a ``dsn``/``url`` key whose values the other keys
+  override, and ``variables`` (a dict of system variables).
+
+Parameters (DSN/URL query, dict keys; names match case-insensitively, with
+or without underscores):
+
+``table``
+    session table name (default ``session``, beego's); a plain identifier.
+``timeout`` / ``connect_timeout``
+    TCP connect timeout: a Go duration (``"3s"``, ``"500ms"``) or seconds.
+``charset`` (default ``utf8mb4``), ``minsize`` (1), ``maxsize``/``pool_size`` (10),
+``pool_recycle`` (3600 s; -1 = never)
+    passed to :func:`aiomysql.create_pool`.
+``tls`` / ``ssl``
+    ``false`` (default), ``true`` (verify the certificate), ``skip-verify``,
+    ``preferred``; as in the Go driver.
+Go-driver options that have no meaning here (``parseTime``, ``loc``,
+``readTimeout`` …, see :data:`IGNORED_GO_PARAMS`)
+    accepted and ignored.
+anything else
+    a system variable set on every connection, as the Go driver does
+    (``?sql_mode=%27TRADITIONAL%27`` becomes ``SET sql_mode='TRADITIONAL'``);
+    the name must be an identifier and the value a number, a word or a
+    single-quoted string.
+
+Every problem raises :class:`~gosession_tornado.errors.ConfigError` with a
+message naming the part of the config at fault. Passwords never appear in
+messages or in ``repr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from .config import normalize_key
+from .errors import ConfigError
+
+__all__ = [
+    "MySQLSettings",
+    "parse_mysql_config",
+    "parse_go_dsn",
+    "parse_go_duration",
+    "IGNORED_GO_PARAMS",
+    "DEFAULT_TABLE",
+]
+
+#: beego's table name.
+DEFAULT_TABLE = "session"
+
+#: go-sql-driver/mysql DSN parameters accepted and ignored (normalized names).
+IGNORED_GO_PARAMS = frozenset(
+    normalize_key(k)
+    for k in (
+        "parseTime", "loc", "columnsWithAlias", "clientFoundRows", "interpolateParams",
+        "multiStatements", "rejectReadOnly", "allowNativePasswords", "allowAllFiles",
+        "allowOldPasswords", "allowCleartextPasswords", "allowFallbackToPlaintext",
+        "checkConnLiveness", "maxAllowedPacket", "serverPubKey", "collation",
+        "readTimeout", "writeTimeout", "connectionAttributes", "timeTruncate",
+    )
+)
+
+#: Variables the provider manages itself; setting them would break its guarantees.
+_RESERVED_VARIABLES = frozenset(
+    {"autocommit", "txisolation", "transactionisolation", "txreadonly", "transactionreadonly"}
+)
+
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}\Z")
+_VAR_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9_.+\-]+|'[^'\\]*')\Z")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}
+_TLS_MODES = {"false": "false", "": "false", "0": "false", "true": "true", "1": "true",
+              "skip-verify": "skip-verify", "skipverify": "skip-verify", "preferred": "preferred"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MySQLSettings:
+    """Where and how the ``mysql`` provider connects. Times are in seconds."""
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    #: Path of a Unix socket; when set, host and port are not used.
+    unix_socket: str | None = None
+    user: str = ""
+    password: str = dataclasses.field(default="", repr=False)
+    database: str = ""
+    #: Session table (a plain identifier; quoted with backticks in SQL).
+    table: str = DEFAULT_TABLE
+    charset: str = "utf8mb4"
+    #: TCP connect timeout; ``None``: derived from the manager's ``provider_timeout``.
+    connect_timeout: float | None = None
+    minsize: int = 1
+    maxsize: int = 10
+    #: Seconds after which an idle pooled connection is reopened; -1 = never.
+    pool_recycle: float = 3600.0
+    #: ``"false"``, ``"true"``, ``"skip-verify"`` or ``"preferred"``.
+    tls: str = "false"
+    #: System variables set on every connection: ``((name, sql_literal), ...)``.
+    variables: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def where(self) -> str:
+        """``host:port`` or the socket path, for messages."""
+        if self.unix_socket:
+            return f"unix:{self.unix_socket}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_go_duration(value: str, *, key: str = "timeout") -> float:
+    """Seconds in a Go duration (``"1m30s"``, ``"500ms"``, ``"2.5s"``) or a plain number of seconds.
+
+    :raises ConfigError: for anything else, or a negative value.
+    """
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pos = 0
+        seconds = 0.0
+        if not text:
+            raise ConfigError(f"mysql config {key!r}: empty duration", key=key) from None
+        while pos < len(text):
+            m = _DURATION_RE.match(text, pos)
+            if m is None:
+                raise ConfigError(
+                    f"mysql config {key!r}: {value!r} is not a duration (examples: '5s', '500ms', '1m30s')",
+                    key=key,
+                ) from None
+            seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            pos = m.end()
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"mysql config {key!r}: duration must be >= 0, got {value!r}", key=key)
+    return seconds
+
+
+def parse_go_dsn(dsn: str) -> dict[str, Any]:
+    """Split a go-sql-driver DSN into raw settings (strings; params undecoded into a dict).
+
+    ``[user[:password]@][net[(addr)]]/dbname[?param1=value1&...]``. Returns a dict
+    with ``user``, ``password``, ``host``/``port`` or ``unix_socket``,
+    ``database`` and ``params`` (``{name: value}``, percent-decoded).
+
+    :raises ConfigError: if the DSN is malformed.
+    """
+    slash = dsn.rfind("/")
+    # A '/' inside the query string (e.g. an unescaped time zone) is not the db separator;
+    # the query starts at the first '?' after the address (or the credentials).
+    anchor = dsn.rfind(")")
+    if anchor == -1:
+        anchor = dsn.rfind("@")
+    qmark = dsn.find("?", anchor + 1)
+    if qmark != -1 and slash > qmark:
+        slash = dsn.rfind("/", 0, qmark)
+    if slash == -1:
+        raise ConfigError(
+            "mysql DSN has no '/' before the database name; expected "
+            "'user:pass@tcp(host:port)/dbname?param=value'",
+            key="provider_config",
+        )
+    out: dict[str, Any] = {"user": "", "password": ""}
+    head, tail = dsn[:slash], dsn[slash + 1 :]
+    at = head.rfind("@")
+    if at != -1:
+        cred, head = head[:at], head[at + 1 :]
+        user, sep, password = cred.partition(":")
+        out["user"] = user
+        out["password"] = password if sep else ""
+    net, addr = head, ""
+    paren = head.find("(")
+    if paren != -1:
+        if not head.endswith(")"):
+            raise ConfigError(
+                "mysql DSN: the address must be closed with ')' right before '/dbname', "
+                "e.g. tcp(127.0.0.1:3306)/dbname",
+                key="provider_config",
+            )
+        net, addr = head[:paren], head[paren + 1 : -1]
+    net = net or "tcp"
+    if net in ("tcp", "tcp4", "tcp6"):
+        host, port = _split_host_port(addr or "127.0.0.1:3306")
+        out["host"], out["port"] = host, port
+    elif net == "unix":
+        out["unix_socket"] = addr or "/tmp/mysql.sock"
+    else:
+        raise ConfigError(
+            f"mysql DSN: unsupported protocol {net!r}; use tcp(host:port) or unix(/path/to/socket)",
+            key="provider_config",
+        )
+    dbname, _, query = tail.partition("?")
+    out["database"] = urllib.parse.unquote(dbname)
+    params: dict[str, str] = {}
+    if query:
+        for part in query.split("&"):
+            if not part:
+                continue
+            name, eq, value = part.partition("=")
+            if not eq:
+                raise ConfigError(f"mysql DSN parameter {name!r} has no '=value'", key=name)
+            params[urllib.parse.unquote_plus(name)] = urllib.parse.unquote_plus(value)
+    out["params"] = params
+    return out
+
+
+def _split_host_port(addr: str) -> tuple[str, int | None]:
+    if addr.startswith("["):
+        end = addr.find("]")
+        if end == -1:
+            raise ConfigError(f"mysql address {addr!r}: unclosed '['", key="provider_config")
+        host, rest = addr[1:end], addr[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"mysql address {addr!r} is malformed", key="provider_config")
+        port_text = rest[1:] if rest else ""
+    elif addr.count(":") > 1:  # a bare IPv6 address
+        host, port_text = addr, ""
+    else:
+        host, _, port_text = addr.partition(":")
+    return host or "127.0.0.1", _port(port_text) if port_text else None
+
+
+def _port(value: Any, key: str = "port") -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"mysql config {key!r} must be a port number, got {value!r}", key=key) from None
+    if isinstance(value, bool) or not 0 < port < 65536:
+        raise ConfigError(f"mysql config {key!r} must be a port number 1-65535, got {value!r}", key=key)
+    return port
+
+
+def _parse_url(url: str) -> dict[str, Any]:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError("mysql URL has an invalid port", key="provider_config") from None
+    out: dict[str, Any] = {
+        "user": urllib.parse.unquote(parts.username or ""),
+        "password": urllib.parse.unquote(parts.password or ""),
+        "host": parts.hostname or "127.0.0.1",
+        "port": port,
+        "database": urllib.parse.unquote(parts.path.lstrip("/")),
+    }
+    if "/" in out["database"]:
+        raise ConfigError("mysql URL: the path must be just '/dbname'", key="provider_config")
+    params: dict[str, str] = {}
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+        params[name] = value
+    out["params"] = params
+    return out
+
+
+def _as_int(key: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"mysql config {key!r} must be an integer, got {value!r}", key=key)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"mysql config {key!r} must be an integer, got {value!r}", key=key) from None
+    if n < minimum:
+        raise ConfigError(f"mysql config {key!r} must be >= {minimum}, got {n}", key=key)
+    return n
+
+
+def _as_seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"mysql config {key!r} must be a duration, got {value!r}", key=key)
+    if isinstance(value, (int, float)):
+        if not value >= 0:
+            raise ConfigError(f"mysql config {key!r} must be >= 0, got {value!r}", key=key)
+        return float(value)
+    if isinstance(value, str):
+        return parse_go_duration(value, key=key)
+    raise ConfigError(f"mysql config {key!r} must be a duration, got {type(value).__name__}", key=key)
+
+
+def _variable(name: str, value: Any) -> tuple[str, str]:
+    norm = normalize_key(name)
+    if norm in _RESERVED_VARIABLES:
+        raise ConfigError(
+            f"mysql config: system variable {name!r} is managed by the session provider and may not be set",
+            key=name,
+        )
+    if not _VAR_NAME_RE.match(name):
+        raise ConfigError(f"mysql config: {name!r} is not a valid system variable name", key=name)
+    if isinstance(value, bool):
+        text = "ON" if value else "OFF"
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise ConfigError(f"mysql config: value of system variable {name!r} must be a scalar", key=name)
+    if not _VAR_VALUE_RE.match(text):
+        raise ConfigError(
+            f"mysql config: value {text!r} of system variable {name!r} must be a number, a word or a "
+            "single-quoted string without quotes or backslashes inside",
+            key=name,
+        )
+    return name, text
+
+
+_FIELD_ALIASES: dict[str, str] = {
+    "host": "host", "hostname": "host", "addr": "host",
+    "port": "port",
+    "unixsocket": "unix_socket", "socket": "unix_socket",
+    "user": "user", "username": "user",
+    "password": "password", "passwd": "password",
+    "database": "database", "db": "database", "dbname": "database",
+    "table": "table", "tablename": "table",
+    "charset": "charset",
+    "timeout": "connect_timeout", "connecttimeout": "connect_timeout",
+    "minsize": "minsize", "poolminsize": "minsize",
+    "maxsize": "maxsize", "poolsize": "maxsize", "poolmaxsize": "maxsize",
+    "poolrecycle": "pool_recycle",
+    "tls": "tls", "ssl": "tls",
+}
+
+
+def _apply(
+    values: dict[str, Any], variables: dict[str, str], key: str, value: Any, *, from_query: bool
+) -> None:
+    """Set one setting from a dict key or a DSN/URL parameter."""
+    norm = normalize_key(key)
+    field = _FIELD_ALIASES.get(norm)
+    if field is None:
+        if from_query:
+            if norm in IGNORED_GO_PARAMS:
+                return
+            name, text = _variable(key, value)
+            variables[name] = text
+            return
+        raise KeyError(key)
+    if field == "port":
+        values["port"] = _port(value, key)
+    elif field in ("minsize", "maxsize"):
+        values[field] = _as_int(key, value, minimum=0 if field == "minsize" else 1)
+    elif field == "connect_timeout":
+        values[field] = _as_seconds(key, value)
+    elif field == "pool_recycle":
+        values[field] = -1.0 if str(value).strip() == "-1" else _as_seconds(key, value)
+    elif field == "tls":
+        text = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
+        mode = _TLS_MODES.get(text)
+        if mode is None:
+            raise ConfigError(
+                f"mysql config {key!r} must be false, true, skip-verify or preferred, got {value!r}",
+                key=key,
+            )
+        values["tls"] = mode
+    else:
+        if not isinstance(value, str):
+            raise ConfigError(f"mysql config {key!r} must be a string, got {type(value).__name__}", key=key)
+        values[field] = value
+
+
+def _from_string(text: str) -> dict[str, Any]:
+    lowered = text.lower()
+    if lowered.startswith(("mysql://", "mariadb://", "mysql+aiomysql://", "mysql+pymysql://")):
+        return _parse_url(text)
+    if "://" in text.split("?", 1)[0].split("@")[-1]:
+        scheme = text.split("://", 1)[0]
+        raise ConfigError(
+            f"mysql provider_config: unsupported URL scheme {scheme!r}; use mysql://user:pass@host:port/db",
+            key="provider_config",
+        )
+    return parse_go_dsn(text)
+
+
+def parse_mysql_config(config: Any) -> MySQLSettings:
+    """Build :class:`MySQLSettings` from a Go DSN, a ``mysql://`` URL, a dict or a JSON object string.
+
+    :raises ConfigError: for a malformed or incomplete config; the message says
+        which part is wrong.
+    """
+    values: dict[str, Any] = {}
+    variables: dict[str, str] = {}
+    if isinstance(config, str) and config.strip().startswith("{"):
+        try:
+            config = json.loads(config)
+        except ValueError as exc:
+            raise ConfigError(
+                f"mysql provider_config is not valid JSON: {exc}", key="provider_config"
+            ) from None
+    if isinstance(config, str):
+        text = config.strip()
+        if not text:
+            raise ConfigError(
+                "the mysql provider needs provider_config: a DSN like "
+                "'user:pass@tcp(127.0.0.1:3306)/dbname' or a mysql:// URL",
+                key="provider_config",
+            )
+        raw = _from_string(text)
+        _merge_raw(values, variables, raw)
+    elif isinstance(config, Mapping):
+        base = None
+        rest: dict[str, Any] = {}
+        for key, value in config.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"mysql config keys must be strings, got {key!r}", key="provider_config")
+            if normalize_key(key) in ("dsn", "url"):
+                if not isinstance(value, str):
+                    raise ConfigError(f"mysql config {key!r} must be a string", key=key)
+                base = value
+            else:
+                rest[key] = value
+        if base is not None:
+            _merge_raw(values, variables, _from_string(base.strip()))
+        for key, value in rest.items():
+            if normalize_key(key) == "variables":
+                if not isinstance(value, Mapping):
+                    raise ConfigError("mysql config 'variables' must be a dict", key=key)
+                for vname, vvalue in value.items():
+                    name, text = _variable(str(vname), vvalue)
+                    variables[name] = text
+                continue
+            if value is None:
+                continue
+            try:
+                _apply(values, variables, key, value, from_query=False)
+            except KeyError:
+                raise ConfigError(
+                    f"unknown mysql config key {key!r} (known: dsn, url, host, port, unix_socket, user, "
+                    "password, database, table, charset, connect_timeout, minsize, maxsize, pool_recycle, "
+                    "tls, variables)",
+                    key=key,
+                ) from None
+    else:
+        raise ConfigError(
+            "mysql provider_config must be a DSN string, a mysql:// URL or a dict, "
+            f"got {type(config).__name__}",
+            key="provider_config",
+        )
+    if values.get("port") is None:
+        values.pop("port", None)
+    settings = MySQLSettings(**values, variables=tuple(sorted(variables.items())))
+    _validate(settings)
+    return settings
+
+
+def _merge_raw(values: dict[str, Any], variables: dict[str, str], raw: dict[str, Any]) -> None:
+    params: dict[str, str] = raw.pop("params", {})
+    for key, value in raw.items():
+        if value is not None:
+            values[key] = value
+    for key, value in params.items():
+        _apply(values, variables, key, value, from_query=True)
+
+
+def _validate(s: MySQLSettings) -> None:
+    if not s.database:
+        raise ConfigError(
+            "mysql provider_config names no database; add it after the '/': "
+            "'user:pass@tcp(127.0.0.1:3306)/dbname'",
+            key="provider_config",
+        )
+    if not _IDENT_RE.match(s.table):
+        raise ConfigError(
+            f"mysql table name {s.table!r} must be a plain identifier: a letter or '_' and then up to "
+            "63 letters, digits or '_'",
+            key="table",
+        )
+    if not re.match(r"^[A-Za-z0-9_]{1,32}\Z", s.charset):
+        raise ConfigError(f"mysql charset {s.charset!r} is not a charset name", key="charset")
+    if s.minsize > s.maxsize:
+        raise ConfigError(
+            f"mysql pool minsize ({s.minsize}) must not exceed maxsize ({s.maxsize})", key="minsize"
+        )
+    if s.unix_socket is not None and not s.unix_socket:
+        raise ConfigError("mysql unix socket path is empty", key="unix_socket")
