@@ -23,24 +23,19 @@
 Parameters (DSN/URL query, dict keys; names match case-insensitively, with
 or without underscores):
 
-``table``
-    session table name (default ``session``, beego's); a plain identifier.
-``timeout`` / ``connect_timeout``
-    TCP connect timeout: a Go duration (``"3s"``, ``"500ms"``) or seconds.
-``charset`` (default ``utf8mb4``), ``minsize`` (1), ``maxsize``/``pool_size`` (10),
-``pool_recycle`` (3600 s; -1 = never)
-    passed to :func:`aiomysql.create_pool`.
-``tls`` / ``ssl``
-    ``false`` (default), ``true`` (verify the certificate), ``skip-verify``,
-    ``preferred``; as in the Go driver.
-Go-driver options that have no meaning here (``parseTime``, ``loc``,
-``readTimeout`` …, see :data:`IGNORED_GO_PARAMS`)
-    accepted and ignored.
-anything else
-    a system variable set on every connection, as the Go driver does
-    (``?sql_mode=%27TRADITIONAL%27`` becomes ``SET sql_mode='TRADITIONAL'``);
-    the name must be an identifier and the value a number, a word or a
-    single-quoted string.
+* ``table``: session table name (default ``session``, beego's); a plain identifier.
+* ``timeout`` / ``connect_timeout``: TCP connect timeout, a Go duration
+  (``"3s"``, ``"500ms"``) or seconds.
+* ``charset`` (default ``utf8mb4``), ``minsize`` (1), ``maxsize`` / ``pool_size``
+  (10), ``pool_recycle`` (3600 s; -1 = never): passed to :func:`aiomysql.create_pool`.
+* ``tls`` / ``ssl``: ``false`` (default), ``true`` (verify the certificate),
+  ``skip-verify``, ``preferred``; as in the Go driver.
+* Go-driver options that have no meaning here (``parseTime``, ``loc``,
+  ``readTimeout`` …, see :data:`IGNORED_GO_PARAMS`): accepted and ignored.
+* anything else: a system variable set on every connection, as the Go driver
+  does (``?sql_mode=%27TRADITIONAL%27`` becomes ``SET sql_mode='TRADITIONAL'``);
+  the name must be an identifier and the value a number, a word or a
+  single-quoted string.
 
 Every problem raises :class:`~gosession_tornado.errors.ConfigError` with a
 message naming the part of the config at fault. Passwords never appear in
