@@ -746,7 +746,7 @@ async def test_hung_server_times_out_then_recovers(table: str, serve: Any) -> No
     port = free_port()
     proxy = Proxy(port)
     await proxy.start()
-    m = manager(table, port=port, timeout=1.5)
+    m = manager(table, port=port, timeout=2.0)
     client = await serve([("/", Value)], session_manager=m)
     try:
         assert (await client.fetch("/?set=kept")).code == 200
