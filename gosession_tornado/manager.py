@@ -440,7 +440,10 @@ class SessionManager:
         await self._ask(Release(session.session_id, changes, lifetime))
         issued = handler is not None and id(session) in request_state(handler).cookie_issued
         session._mark_saved()
-        if handler is not None and (expiry_changed or (was_new and not issued)):
+        # A cookie with a Max-Age slides with use (gorilla re-sends it on every save),
+        # so a "remember me" cookie expires max-age after the last change, like the record.
+        sliding = self.cookie_max_age(session) is not None
+        if handler is not None and (expiry_changed or sliding or (was_new and not issued)):
             self._issue(handler, session)
 
     async def session_destroy(self, handler: RequestHandler) -> None:
