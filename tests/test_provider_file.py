@@ -184,6 +184,14 @@ async def test_bad_config_raises_config_error(config: Any) -> None:
         await build_and_start()
 
 
+async def test_unknown_dict_key_warns_and_is_ignored(tmp_path: pathlib.Path) -> None:
+    m = SessionManager({"provider": "file", "provider_config": {"save_path": str(tmp_path / "d"), "mode": 7}})
+    with pytest.warns(UserWarning, match="'mode'"):
+        await m.start()
+    await m.close()
+    assert (tmp_path / "d").is_dir()
+
+
 async def test_save_path_that_is_a_file_raises_config_error(tmp_path: pathlib.Path) -> None:
     (tmp_path / "file").write_text("x")
     m = file_manager(tmp_path / "file")

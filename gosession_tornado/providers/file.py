@@ -52,6 +52,7 @@ import re
 import secrets
 import stat
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -165,7 +166,11 @@ def _parse_config(config: Any) -> str:
         found = [v for k, v in config.items() if _norm_key(k) in _PATH_KEYS]
         unknown = sorted(str(k) for k in config if _norm_key(k) not in _PATH_KEYS)
         if unknown:
-            log.warning("file provider: ignoring unknown provider_config keys %s", unknown)
+            warnings.warn(
+                f"file provider: unknown provider_config keys {unknown} ignored (known: 'save_path')",
+                UserWarning,
+                stacklevel=2,
+            )
         if len(found) > 1:
             raise ConfigError(
                 "file provider_config names the directory more than once; give only 'save_path'",
