@@ -52,6 +52,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import normalize_key
+from .durations import go_duration_seconds
 from .errors import ConfigError
 
 __all__ = [
@@ -86,10 +87,6 @@ _RESERVED_VARIABLES = frozenset(
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 _VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}\Z")
 _VAR_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9_.+\-]+|'[^'\\]*')\Z")
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
-}
 _TLS_MODES = {"false": "false", "": "false", "0": "false", "true": "true", "1": "true",
               "skip-verify": "skip-verify", "skipverify": "skip-verify", "preferred": "preferred"}
 
@@ -133,26 +130,10 @@ def parse_go_duration(value: str, *, key: str = "timeout") -> float:
 
     :raises ConfigError: for anything else, or a negative value.
     """
-    text = value.strip()
     try:
-        seconds = float(text)
-    except ValueError:
-        pos = 0
-        seconds = 0.0
-        if not text:
-            raise ConfigError(f"mysql config {key!r}: empty duration", key=key) from None
-        while pos < len(text):
-            m = _DURATION_RE.match(text, pos)
-            if m is None:
-                raise ConfigError(
-                    f"mysql config {key!r}: {value!r} is not a duration (examples: '5s', '500ms', '1m30s')",
-                    key=key,
-                ) from None
-            seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-            pos = m.end()
-    if not seconds >= 0 or seconds == float("inf"):
-        raise ConfigError(f"mysql config {key!r}: duration must be >= 0, got {value!r}", key=key)
-    return seconds
+        return go_duration_seconds(value)
+    except ValueError as exc:
+        raise ConfigError(f"mysql config {key!r}: {exc}", key=key) from None
 
 
 def parse_go_dsn(dsn: str) -> dict[str, Any]:

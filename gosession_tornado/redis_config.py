@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .durations import go_duration_seconds
 from .errors import ConfigError
 
 __all__ = [
@@ -105,8 +106,6 @@ def _fail(key: str, message: str) -> ConfigError:
     return ConfigError(f"{_WHAT} item {key!r} {message}", key=key)
 
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(value: Any, key: str) -> float | None:
@@ -123,21 +122,12 @@ def parse_duration(value: Any, key: str) -> float | None:
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
-        text = value.strip()
         try:
-            seconds = float(text)
+            seconds = go_duration_seconds(value)
         except ValueError:
-            pos = 0
-            seconds = 0.0
-            for m in _DURATION_RE.finditer(text):
-                if m.start() != pos:
-                    break
-                seconds += float(m.group(1)) * _UNITS[m.group(2)]
-                pos = m.end()
-            if pos != len(text) or not text:
-                raise _fail(
-                    key, f"must be a number of seconds or a Go duration like '30s', got {value!r}"
-                ) from None
+            raise _fail(
+                key, f"must be a number of seconds or a Go duration like '30s', got {value!r}"
+            ) from None
     else:
         raise _fail(key, f"must be a number of seconds or a Go duration like '30s', got {value!r}")
     if seconds < 0 or seconds != seconds:  # negative or NaN
