@@ -16,6 +16,7 @@ and the ``manager_factory`` fixture is parametrized over all of them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pathlib
@@ -186,9 +187,16 @@ async def manager_factory(
     request: pytest.FixtureRequest, tmp_path: pathlib.Path
 ) -> AsyncIterator[ManagerFactory]:
     """A :class:`ManagerFactory` for each provider in ``tests/factories``."""
-    module = FACTORIES[request.param]
+    async with open_factory(request.param, tmp_path) as factory:
+        yield factory
+
+
+@contextlib.asynccontextmanager
+async def open_factory(name: str, tmp_path: pathlib.Path) -> AsyncIterator[ManagerFactory]:
+    """The factory of provider *name* (its server required), closed and cleaned up on exit."""
+    module = FACTORIES[name]
     require_server(getattr(module, "SERVER", None))
-    factory = ManagerFactory(request.param, module, tmp_path)
+    factory = ManagerFactory(name, module, tmp_path)
     try:
         yield factory
     finally:

@@ -23,7 +23,7 @@ from gosession_tornado import SessionManager, SessionMixin
 from gosession_tornado.provider import GC as GC_MESSAGE
 from gosession_tornado.provider import All, Changes, Destroy, Exist, Read, Regenerate, Release
 
-from .conftest import FACTORIES, ManagerFactory, require_server
+from .conftest import FACTORIES, ManagerFactory, open_factory
 
 SERVER_SIDE = sorted(n for n, m in FACTORIES.items() if not getattr(m, "CLIENT_SIDE", False))
 PERSISTENT = sorted(n for n in SERVER_SIDE if getattr(FACTORIES[n], "PERSISTENT", True))
@@ -32,13 +32,8 @@ PERSISTENT = sorted(n for n in SERVER_SIDE if getattr(FACTORIES[n], "PERSISTENT"
 @pytest.fixture(params=SERVER_SIDE)
 async def server_factory(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[ManagerFactory]:
     """A factory for each provider that keeps sessions on the server."""
-    module = FACTORIES[request.param]
-    require_server(getattr(module, "SERVER", None))
-    factory = ManagerFactory(request.param, module, tmp_path)
-    try:
+    async with open_factory(request.param, tmp_path) as factory:
         yield factory
-    finally:
-        await factory.close()
 
 
 async def ask(manager: SessionManager, message: Any) -> Any:
@@ -233,13 +228,8 @@ async def test_concurrent_reads_all_answered(server_factory: ManagerFactory) -> 
 @pytest.fixture(params=PERSISTENT)
 async def persistent_factory(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[ManagerFactory]:
     """A factory for each provider whose sessions outlive the process (not memory)."""
-    module = FACTORIES[request.param]
-    require_server(getattr(module, "SERVER", None))
-    factory = ManagerFactory(request.param, module, tmp_path)
-    try:
+    async with open_factory(request.param, tmp_path) as factory:
         yield factory
-    finally:
-        await factory.close()
 
 
 async def test_data_survives_reopening_the_manager(persistent_factory: ManagerFactory) -> None:
