@@ -23,7 +23,6 @@ import pathlib
 import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http.cookies import SimpleCookie
 from types import ModuleType
 from typing import Any
 
@@ -77,6 +76,21 @@ def free_port() -> int:
 # ---------------------------------------------------------------- HTTP
 
 
+def parse_set_cookie(header: str) -> tuple[str, str, dict[str, str]]:
+    """``(name, value, {lowercased attribute: value})`` of one Set-Cookie header.
+
+    Written out because Python 3.11's ``SimpleCookie`` drops headers with
+    attributes it does not know (``Partitioned``).
+    """
+    first, *rest = header.split(";")
+    name, _, value = first.strip().partition("=")
+    attrs: dict[str, str] = {}
+    for part in rest:
+        key, _, val = part.strip().partition("=")
+        attrs[key.lower()] = val
+    return name, value, attrs
+
+
 class Client:
     """A tiny HTTP client with a cookie jar, for talking to a test server."""
 
@@ -100,13 +114,11 @@ class Client:
         )
         if use_jar:
             for header in resp.headers.get_list("Set-Cookie"):
-                jar: SimpleCookie = SimpleCookie()
-                jar.load(header)
-                for name, morsel in jar.items():
-                    if morsel["max-age"] == "0" or morsel.value == "":
-                        self.cookies.pop(name, None)
-                    else:
-                        self.cookies[name] = morsel.value
+                name, value, attrs = parse_set_cookie(header)
+                if attrs.get("max-age") == "0" or value == "":
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = value
         return resp
 
     def close(self) -> None:
