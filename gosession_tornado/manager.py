@@ -68,6 +68,8 @@ class _RequestState:
         self.sessions: dict[int, Session] = {}
         #: cookie names whose header was written
         self.cookie_issued: set[int] = set()
+        #: cookie name -> the header value already put into the headers (or reported lost)
+        self.cookies_done: dict[str, str] = {}
 
 
 def request_state(handler: Any) -> _RequestState:
@@ -83,17 +85,21 @@ def apply_cookies(handler: Any) -> bool:
     """Write the pending session cookies into *handler*'s headers.
 
     Replaces earlier ``Set-Cookie`` headers for the same cookie names, so it may
-    run any number of times. Returns False (and logs) if the headers have
-    already been sent.
+    run any number of times. Returns False (and logs, once per cookie value) if
+    the headers have already been sent without a cookie queued since.
     """
     state: _RequestState | None = getattr(handler, _STATE_ATTR, None)
     if state is None or not state.cookies:
         return True
     if getattr(handler, "_headers_written", False):
+        lost = {n: v for n, v in state.cookies.items() if state.cookies_done.get(n) != v}
+        if not lost:
+            return True  # every queued cookie went out with the headers
+        state.cookies_done.update(lost)
         log.warning(
             "session cookie(s) %s not sent: the response headers were already flushed; "
             "touch the session before the first flush()",
-            ", ".join(sorted(state.cookies)),
+            ", ".join(sorted(lost)),
         )
         return False
     headers = handler._headers
@@ -106,6 +112,7 @@ def apply_cookies(handler: Any) -> bool:
         headers.add("Set-Cookie", value)
     for value in state.cookies.values():
         headers.add("Set-Cookie", value)
+    state.cookies_done = dict(state.cookies)
     return True
 
 

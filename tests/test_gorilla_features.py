@@ -329,3 +329,43 @@ def test_set_cookie_options_merges_and_validates() -> None:
         with pytest.raises(ConfigError):
             s.set_cookie_options(**bad)
     assert s.cookie_options["path"] == "/app"
+
+
+# ---------------------------------------------------------------- cookies and flush()
+
+
+class LateTouch(SessionMixin, tornado.web.RequestHandler):
+    """Touches the main session before or after the first flush()."""
+
+    async def get(self) -> None:
+        late = bool(self.get_argument("late", ""))
+        if not late:
+            self.session["n"] = 1
+        self.write("early|")
+        await self.flush()
+        if late:
+            self.session["n"] = 2
+        self.write("done")
+
+
+@pytest.mark.parametrize("provider", ["memory", "cookie"])
+async def test_no_lost_cookie_warning_when_the_cookie_went_out_with_the_flush(
+    serve: Any, caplog: pytest.LogCaptureFixture, provider: str
+) -> None:
+    extra = {"provider_config": {"keys": [KEY]}} if provider == "cookie" else {}
+    m = SessionManager(provider, cookie_name="sid", **extra)
+    try:
+        client = await serve([("/", LateTouch)], session_manager=m)
+        with caplog.at_level("WARNING", logger="gosession_tornado"):
+            resp = await client.fetch("/")
+        assert resp.body == b"early|done" and set_cookies(resp, "sid")
+        assert [r for r in caplog.records if "not sent" in r.getMessage()] == []
+        # a cookie session changed after the flush: its cookie really is lost, said once
+        if provider == "cookie":
+            with caplog.at_level("WARNING", logger="gosession_tornado"):
+                resp = await client.fetch("/?late=1")
+            lost = [r.getMessage() for r in caplog.records if "not sent" in r.getMessage()]
+            assert len(lost) == 1 and "sid" in lost[0]
+            assert set_cookies(resp, "sid") == []
+    finally:
+        await m.close()
