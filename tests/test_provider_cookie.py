@@ -444,6 +444,8 @@ async def test_seed_001_config_works_as_written(serve: Any, caplog: pytest.LogCa
         for expected in (1, 2, 3):
             resp = await client.fetch("/")
             assert tornado.escape.json_decode(resp.body)["n"] == expected
+        # said once per manager, not again when the provider starts
+        assert sum("securityKey" in r.getMessage() for r in caplog.records) == 1
         # enableSetCookie=false cannot turn off a cookie store: the cookie is the session
         assert "gosessionid" in client.cookies
     # the key is derived, not random: a restarted server reads the old cookies

@@ -176,7 +176,8 @@ def _fernet_key(value: Any, where: str) -> bytes:
 def parse_config(raw: Any, *, warn: bool = True) -> CookieSettings:
     """Parse the cookie provider's ``provider_config`` (JSON string or dict).
 
-    Unknown keys are ignored with a :class:`UserWarning` when *warn* is true.
+    Unknown keys are ignored with a :class:`UserWarning`, and a short
+    ``securityKey`` is logged as a warning, when *warn* is true.
 
     :raises ConfigError: when no secret is given or a value is invalid; the
         message names the key.
@@ -231,7 +232,7 @@ def parse_config(raw: Any, *, warn: bool = True) -> CookieSettings:
                 raise ConfigError(f"cookie provider: {label!r} must be a string", key=label)
         if not sk:
             raise ConfigError(f"cookie provider: {name!r} is empty; {_HOW_TO}", key=name)
-        if len(sk) + len(bk) < 32:
+        if warn and len(sk) + len(bk) < 32:
             log.warning(
                 "cookie provider: securityKey/blockKey hold %d characters; use at least 32 random "
                 "characters (or Fernet keys under 'keys'): a short secret can be guessed offline",
