@@ -346,6 +346,26 @@ async def test_nothing_listening_is_unavailable_not_a_hang() -> None:
     await m.close()
 
 
+async def test_a_server_that_is_not_redis_is_unavailable_not_a_raw_redis_error() -> None:
+    """Something else on the port (here a fake HTTP server): a SessionError, not InvalidResponse."""
+
+    async def http_like(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http_like, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    m = manager("gstest:nr:", port=port, provider_timeout=2)
+    try:
+        with pytest.raises(ProviderUnavailableError, match="did not answer like a Redis server"):
+            await m.start()
+    finally:
+        await m.close()
+        server.close()
+        await server.wait_closed()
+
+
 # ---------------------------------------------------------------- layout and TTL
 
 

@@ -298,6 +298,12 @@ class RedisProvider(Provider):
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             await self.session_close()
             raise self._unavailable(exc) from None
+        except rexc.RedisError as exc:  # e.g. InvalidResponse: something else listens there
+            await self.session_close()
+            raise ProviderUnavailableError(
+                f"redis at {cfg.location} did not answer like a Redis server ({type(exc).__name__}: "
+                f"{exc}); check the address in provider_config"
+            ) from None
         expected = [s.sha for s in SCRIPTS]
         got = [s.decode() if isinstance(s, bytes) else str(s) for s in shas]
         if got != expected:  # pragma: no cover - would mean a non-Redis server
