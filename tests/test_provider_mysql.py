@@ -355,6 +355,32 @@ async def test_bad_credentials_database_or_variable_are_config_errors(table: str
         await m.close()
 
 
+async def test_tls_required_is_never_silently_unencrypted(table: str) -> None:
+    """tls=true/skip-verify: encrypted or a ConfigError; only tls=preferred may fall back."""
+    (_, have_ssl), = await sql("SHOW VARIABLES LIKE 'have_ssl'")
+    offers_tls = str(have_ssl).upper() == "YES"
+    for mode in ("skip-verify", "true"):
+        m = SessionManager("mysql", {"provider_config": dsn(table, tls=mode)})
+        try:
+            if offers_tls and mode == "skip-verify":
+                await m.start()
+                conn = await provider_of(m)._pool.acquire()
+                try:
+                    assert conn._writer.get_extra_info("ssl_object") is not None
+                finally:
+                    await provider_of(m)._pool.release(conn)
+            elif not offers_tls:
+                with pytest.raises(ConfigError, match="does not offer TLS") as info:
+                    await m.start()
+                assert info.value.key == "tls"
+        finally:
+            await m.close()
+    async with SessionManager("mysql", {"provider_config": dsn(table, tls="preferred")}) as m:
+        sid = m.new_sid()
+        await ask(m, Release(sid, create(a=1), 600))
+        assert await ask(m, Read(sid)) == {"a": 1}
+
+
 async def test_connect_timeout_is_kept_below_provider_timeout() -> None:
     m = SessionManager(
         {"provider": "mysql", "provider_timeout": 1.0,

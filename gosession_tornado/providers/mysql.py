@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiomysql
 import pymysql
+from pymysql.constants import CLIENT
 
 from .. import codec
 from ..dsn import MySQLSettings, parse_mysql_config
@@ -367,8 +368,21 @@ class MySQLProvider(Provider):
             await pool.release(conn)
 
     async def _prepare(self, conn: Any) -> None:
-        """Per connection: READ COMMITTED (no gap locks) and lock waits shorter than a call."""
+        """Per connection: READ COMMITTED (no gap locks) and lock waits shorter than a call.
+
+        :raises ConfigError: if ``tls`` is ``true`` or ``skip-verify`` and the server offers
+            no TLS (aiomysql would silently go on unencrypted; the Go driver refuses too).
+        """
         assert self.settings is not None
+        if self.settings.tls in ("true", "skip-verify") and not (
+            getattr(conn, "server_capabilities", 0) & CLIENT.SSL
+        ):
+            raise ConfigError(
+                f"mysql server at {self.settings.where} does not offer TLS but provider_config "
+                f"asks for tls={self.settings.tls}; enable TLS on the server, or use tls=preferred "
+                "to allow an unencrypted connection",
+                key="tls",
+            )
         await self._query(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         assigns = dict(self.settings.variables)
         assigns.setdefault("innodb_lock_wait_timeout", str(max(1, int(self._timeout / 2))))
