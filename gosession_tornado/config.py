@@ -35,6 +35,9 @@ __all__ = ["ManagerConfig", "build_config", "normalize_key", "SAME_SITE_VALUES"]
 
 #: Accepted ``same_site`` values (case-insensitive) and beego's ``http.SameSite`` ints.
 SAME_SITE_VALUES = {"lax": "Lax", "strict": "Strict", "none": "None"}
+#: Largest cookie lifetime (``cookie_lifetime``, ``set_expiry``) in seconds, about 68 years:
+#: its ``Expires`` date must stay printable (browsers keep a cookie 400 days at most anyway).
+MAX_COOKIE_LIFETIME = 2**31 - 1
 _BEEGO_SAME_SITE = {0: "Lax", 1: "Lax", 2: "Lax", 3: "Strict", 4: "None"}
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{0,32}$")
@@ -365,8 +368,11 @@ def _validate(cfg: ManagerConfig, name: Any) -> None:
         fail("gc_lifetime", f"must be > 0 seconds, got {cfg.gc_lifetime}")
     if cfg.max_lifetime <= 0:
         fail("max_lifetime", f"must be > 0 seconds, got {cfg.max_lifetime}")
-    if cfg.cookie_lifetime < 0:
-        fail("cookie_lifetime", f"must be >= 0 seconds (0 = browser session), got {cfg.cookie_lifetime}")
+    if not 0 <= cfg.cookie_lifetime <= MAX_COOKIE_LIFETIME:
+        fail(
+            "cookie_lifetime",
+            f"must be 0 (browser session) to {MAX_COOKIE_LIFETIME} seconds, got {cfg.cookie_lifetime}",
+        )
     if not (_MIN_SID_BYTES <= cfg.session_id_length <= _MAX_SID_BYTES):
         fail(
             "session_id_length",

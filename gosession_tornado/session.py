@@ -17,7 +17,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from . import codec
-from .config import SAME_SITE_VALUES
+from .config import MAX_COOKIE_LIFETIME, SAME_SITE_VALUES
 from .errors import ConfigError
 from .provider import Changes
 
@@ -261,9 +261,16 @@ class Session(MutableMapping[Any, Any]):
         and the cookie gets ``Max-Age=seconds``. ``0``: a browser-session
         cookie; the server uses the manager's ``max_lifetime``. ``< 0``: the
         session is destroyed when the request ends (gorilla's ``MaxAge < 0``).
+
+        :raises ValueError: above ``2**31 - 1`` seconds (about 68 years).
         """
         if isinstance(seconds, bool) or not isinstance(seconds, int):
             raise TypeError(f"set_expiry() takes whole seconds, got {seconds!r}")
+        if seconds > MAX_COOKIE_LIFETIME:
+            raise ValueError(
+                f"set_expiry() takes at most {MAX_COOKIE_LIFETIME} seconds (about 68 years; "
+                f"browsers keep a cookie 400 days at most), got {seconds}"
+            )
         self._expiry = seconds
         self._expiry_changed = True
 

@@ -369,3 +369,19 @@ async def test_no_lost_cookie_warning_when_the_cookie_went_out_with_the_flush(
             assert set_cookies(resp, "sid") == []
     finally:
         await m.close()
+
+
+async def test_longest_expiry_works_and_a_longer_one_is_a_clear_error(
+    manager_factory: ManagerFactory, serve: Any
+) -> None:
+    m = await manager_factory()
+    client = await serve(handlers(), session_manager=m)
+    name = m.config.cookie_name
+    longest = 2**31 - 1
+    resp = await fetch(client, f"/remember?s={longest}", name)
+    assert resp.code == 200 and attrs(set_cookies(resp, name)[-1])["max-age"] == str(longest)
+    assert body(await fetch(client, "/peek", name))["user"] == "ann"
+    with pytest.raises(ValueError, match="at most"):
+        Session(None, SID, {}).set_expiry(longest + 1)  # was: a hung request (Expires year 33715)
+    with pytest.raises(ConfigError, match="cookie_lifetime"):
+        SessionManager("memory", cookie_lifetime=longest + 1)
