@@ -267,6 +267,10 @@ class SessionMixin(_Base):
         except SessionError as exc:
             self._gs_fail(500, "Session Error", str(exc), exc)
             return False
+        except Exception as exc:  # a provider bug: answer 500 rather than leave the request hanging
+            log.error("session provider failed while saving", exc_info=True)
+            self._gs_fail(500, "Session Error", "the session could not be saved", exc)
+            return False
         apply_cookies(self)
         return True
 
@@ -311,13 +315,25 @@ class SessionMixin(_Base):
 
         async def step() -> None:
             saved = await self._gs_save()
-            if self._finished:
-                return
+            self._finished = False  # raised below for the wait; Tornado's finish() checks it
             try:
                 await super(SessionMixin, self).finish(chunk if saved else None)
-            except Exception as exc:  # the client went away: nothing left to tell it
-                log.debug("finish after session save failed: %s", exc)
+            except Exception as exc:
+                if self._finished:  # sent; the client went away: nothing left to tell it
+                    log.debug("finish after session save failed: %s", exc)
+                    return
+                # Tornado refused the response (e.g. a body with a 204): answer 500 as it does.
+                log.error("finish() of %s %s failed", self.request.method, self.request.uri, exc_info=True)
+                self.clear()
+                apply_cookies(self)
+                self.set_status(500)
+                with contextlib.suppress(Exception):
+                    await super(SessionMixin, self).finish()
 
         fut: asyncio.Future[None] = self._gs_chain(step)
         self._gs_finish_future = fut
+        # As in Tornado, the handler counts as finished from this call on, although the
+        # save still runs: _execute() skips the handler method after a finish() in
+        # prepare() (e.g. a login redirect), and write() after finish() raises.
+        self._finished = True
         return fut

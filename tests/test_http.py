@@ -704,3 +704,89 @@ async def test_explicit_awaited_finish(serve: Serve, managers: Callable[..., Ses
     for i in range(1, 4):
         resp = await client.fetch("/")
         assert resp.body == str(i).encode()
+
+
+# ---------------------------------------------------------------- finish() semantics (audit)
+
+
+class GuardInPrepare(SessionMixin, tornado.web.RequestHandler):
+    """Redirects anonymous visitors in prepare(); get() must then never run."""
+
+    ran: list[str] = []
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if not self.session.get("user"):
+            self.redirect("/login")
+
+    async def get(self) -> None:
+        GuardInPrepare.ran.append("get")
+        self.write("secret")
+
+
+async def test_finish_in_prepare_skips_the_handler_method(
+    serve: Serve, managers: Callable[..., SessionManager]
+) -> None:
+    GuardInPrepare.ran = []
+    client = await serve([(r"/guarded", GuardInPrepare)], session_manager=managers())
+    resp = await client.fetch("/guarded")  # a new session: its save delays the finish
+    assert resp.code == 302
+    assert resp.body == b""
+    assert GuardInPrepare.ran == []
+    assert set_cookies(resp)
+
+
+class WriteAfterRedirect(SessionMixin, tornado.web.RequestHandler):
+    errors: list[str] = []
+
+    async def get(self) -> None:
+        self.session["x"] = 1
+        self.redirect("/elsewhere")
+        try:
+            self.write("more")
+        except RuntimeError as exc:
+            WriteAfterRedirect.errors.append(str(exc))
+
+
+async def test_write_after_finish_raises_as_in_tornado(
+    serve: Serve, managers: Callable[..., SessionManager]
+) -> None:
+    WriteAfterRedirect.errors = []
+    client = await serve([(r"/w", WriteAfterRedirect)], session_manager=managers())
+    resp = await client.fetch("/w")
+    assert resp.code == 302
+    assert resp.body == b""
+    assert WriteAfterRedirect.errors == ["Cannot write() after finish()"]
+
+
+class BodyWith204(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.session["x"] = 1
+        self.set_status(204)
+        self.write("a body Tornado refuses to send")
+
+
+async def test_a_response_tornado_refuses_at_finish_is_a_500_not_a_hang(
+    serve: Serve, managers: Callable[..., SessionManager]
+) -> None:
+    client = await serve([(r"/204", BodyWith204), (r"/", Counter)], session_manager=managers())
+    resp = await client.fetch("/204", request_timeout=20)
+    assert resp.code == 500
+    assert (await client.fetch("/")).code == 200
+
+
+class BuggyReleaseProvider(MemoryProvider):
+    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
+        if "boom" in changes.set:
+            raise ValueError("a bug in a user's provider")
+        await super().session_release(sid, changes, expiry)
+
+
+async def test_a_provider_bug_during_the_save_is_a_500_not_a_hang(
+    serve: Serve, managers: Callable[..., SessionManager], provider_name: Callable[[type[Provider]], str]
+) -> None:
+    client = await serve(routes(), session_manager=managers(provider_name(BuggyReleaseProvider)))
+    resp = await client.fetch("/put?k=boom", request_timeout=20)
+    assert resp.code == 500
+    assert b"session could not be saved" in resp.body
+    assert (await client.fetch("/put?k=fine")).code == 200
