@@ -474,6 +474,20 @@ async def test_expired_row_is_never_served_nor_resurrected(table: str) -> None:
         assert await ask(m, Read(sid)) == {"new": 1}  # the expired data does not leak back
 
 
+async def test_expiry_is_rounded_down_never_served_late(table: str) -> None:
+    async with manager(table) as m:
+        for _ in range(5):
+            sid = m.new_sid()
+            written = time.time()
+            await ask(m, Release(sid, create(a=1), 1))
+            after = time.time()
+            row = await raw_row(table, sid)
+            assert row is not None
+            assert row[1] <= after + 1  # never past the last access + lifetime
+            await asyncio.sleep(max(0.0, written + 1.05 - time.time()))
+            assert await ask(m, Read(sid)) is None
+
+
 async def test_read_refreshes_expiry_once_per_step(table: str) -> None:
     async with manager(table) as m:
         sid = m.new_sid()

@@ -17,7 +17,7 @@ The table is beego's, created if missing (InnoDB)::
 What holds:
 
 * ``session_data`` is ``codec.encode({"data": {...}, "lifetime": seconds})``
-  (msgpack); ``session_expiry`` is the Unix time (whole seconds, rounded) at
+  (msgpack); ``session_expiry`` is the Unix time (whole seconds, rounded down) at
   which the session expires: last access + its lifetime. A row whose
   ``session_expiry`` is not in the future is never served, GC or not.
 * Reads refresh ``session_expiry``, at most once per ``max(1, lifetime // 60)``
@@ -53,6 +53,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import re
 import ssl
 import time
@@ -127,8 +128,12 @@ def _message(exc: BaseException) -> str:
 
 
 def _expiry_at(now: float, lifetime: int) -> int:
-    """Unix time, rounded to the nearest second, at which a session idle since *now* expires."""
-    return min(max(round(now + lifetime), 0), _EXPIRY_MAX)
+    """Unix time, rounded down to the second, at which a session idle since *now* expires.
+
+    Rounding down means a session is never served after its lifetime (it may
+    end up to one second early): the column holds whole seconds.
+    """
+    return min(max(math.floor(now + lifetime), 0), _EXPIRY_MAX)
 
 
 def _refresh_step(lifetime: int) -> int:
