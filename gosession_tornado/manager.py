@@ -466,6 +466,12 @@ class SessionManager:
             await self._ask(Destroy(session.session_id))
         session._mark_destroyed()
         self._expire(handler, session)
+        if (
+            handler is not None
+            and self.config.enable_sid_in_http_header
+            and not getattr(handler, "_headers_written", False)
+        ):
+            handler.clear_header(self.config.header_name)  # as beego: no dead sid in the response
 
     async def session_regenerate_id(self, handler: RequestHandler) -> Session:
         """Move the request's session to a new id (beego's ``SessionRegenerateId``).

@@ -354,6 +354,19 @@ async def test_header_mode(serve: Serve, managers: Callable[..., SessionManager]
     assert resp.headers["X-Session"] != sid
 
 
+async def test_header_mode_destroy_does_not_send_the_dead_sid_back(
+    serve: Serve, managers: Callable[..., SessionManager]
+) -> None:
+    m = managers(enable_sid_in_http_header=True, session_name_in_http_header="X-Session",
+                 enable_set_cookie=False)
+    client = await serve(routes(), session_manager=m)
+    sid = (await client.fetch("/", use_jar=False)).headers["X-Session"]
+    resp = await client.fetch("/destroy", headers={"X-Session": sid}, use_jar=False)
+    assert resp.code == 200
+    assert "X-Session" not in resp.headers  # beego deletes the response header on destroy
+    assert await m.read(sid) is None
+
+
 async def test_query_mode(serve: Serve, managers: Callable[..., SessionManager]) -> None:
     m = managers(enable_sid_in_url_query=True)
     client = await serve(routes(), session_manager=m)
