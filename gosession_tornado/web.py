@@ -314,10 +314,12 @@ class SessionMixin(_Base):
             return super().finish(chunk)
 
         async def step() -> None:
-            saved = await self._gs_save()
+            await self._gs_save()
             self._finished = False  # raised below for the wait; Tornado's finish() checks it
             try:
-                await super(SessionMixin, self).finish(chunk if saved else None)
+                # write() drops the chunk if a failed save replaced the response; after a
+                # flush() it still belongs to the (already started) body.
+                await super(SessionMixin, self).finish(chunk)
             except Exception as exc:
                 if self._finished:  # sent; the client went away: nothing left to tell it
                     log.debug("finish after session save failed: %s", exc)

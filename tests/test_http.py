@@ -803,3 +803,38 @@ async def test_a_provider_bug_during_the_save_is_a_500_not_a_hang(
     assert resp.code == 500
     assert b"session could not be saved" in resp.body
     assert (await client.fetch("/put?k=fine")).code == 200
+
+
+class FailsOnLateKey(MemoryProvider):
+    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
+        if "late" in changes.set:
+            raise ProviderUnavailableError("test store is down")
+        await super().session_release(sid, changes, expiry)
+
+
+class LateChange(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.write("head;")
+        await self.flush()
+        self.session["late"] = 1
+        self.write("middle;")
+        self.finish("tail")
+
+
+class FailedSaveBeforeAnyFlush(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.session["late"] = 1
+        self.finish("not for the client")
+
+
+async def test_a_failed_save_after_a_flush_keeps_the_finish_chunk(
+    serve: Serve, managers: Callable[..., SessionManager], provider_name: Callable[[type[Provider]], str]
+) -> None:
+    client = await serve([(r"/late", LateChange), (r"/early", FailedSaveBeforeAnyFlush)],
+                         session_manager=managers(provider_name(FailsOnLateKey)))
+    resp = await client.fetch("/late")
+    assert resp.code == 200  # the headers were out: the failure can only be logged
+    assert resp.body == b"head;middle;tail"  # not a body cut short of finish()'s chunk
+    resp = await client.fetch("/early")
+    assert resp.code == 503
+    assert b"not for the client" not in resp.body
