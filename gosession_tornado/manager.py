@@ -131,6 +131,10 @@ class Stats(dict[str, Any]):
         return self._refresh().__await__()
 
     async def _refresh(self) -> Stats:
+        if not self._manager.started:  # reporting must not start a stopped manager
+            state = "closed" if self._manager.closed else "not started"
+            self["active_sessions_error"] = f"session manager is {state}"
+            return self
         try:
             self["active_sessions"] = await self._manager.get_active_sessions()
         except SessionError as exc:

@@ -10,6 +10,7 @@ install.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from .errors import ConfigError, DuplicateProviderError, UnknownProviderError
 from .provider import Provider
@@ -42,6 +43,11 @@ def register(name: str, cls: type[Provider]) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Provider)):
         raise ConfigError(
             f"register({name!r}, …) needs a subclass of gosession_tornado.Provider, got {cls!r}"
+        )
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        raise ConfigError(
+            f"register({name!r}, {cls.__name__}): the provider does not implement {missing}"
         )
     if name in _registry or name in BUILTINS:
         raise DuplicateProviderError(

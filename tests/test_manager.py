@@ -443,3 +443,12 @@ async def test_stats_of_a_closed_manager() -> None:
 
 def test_repr() -> None:
     assert "memory" in repr(SessionManager("memory", cookie_name="sid"))
+
+
+async def test_awaiting_stats_does_not_start_a_stopped_manager() -> None:
+    m = SessionManager("memory", "gosessionid", 3600, "")
+    stats = await m.stats()
+    assert stats["started"] is False
+    assert stats["active_sessions"] is None
+    assert stats["active_sessions_error"] == "session manager is not started"
+    assert not m.started

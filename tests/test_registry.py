@@ -261,3 +261,15 @@ def test_planned_builtin_not_in_this_version_says_so() -> None:
         return  # every built-in is written
     with pytest.raises(UnknownProviderError, match="not available in this version"):
         registry.lookup(planned[0])
+
+
+def test_register_refuses_a_provider_missing_verbs() -> None:
+    from gosession_tornado import ConfigError, Provider
+
+    class Half(Provider):
+        async def session_init(self, max_lifetime: int, config: Any) -> None:
+            return None
+
+    with pytest.raises(ConfigError, match="session_read"):
+        registry.register("half-provider", Half)
+    assert "half-provider" not in registry.provider_names()
