@@ -1,0 +1,451 @@
+"""PostgreSQL connection settings from the config forms the ``postgresql`` provider takes.
+
+:func:`parse_postgresql_config` turns any of these into one :class:`PostgreSQLSettings`:
+
+* beego's **key=value DSN** (libpq's conninfo, as lib/pq reads it)::
+
+      user=postgres password= host=127.0.0.1 port=5432 dbname=test sslmode=disable
+      host=/run/postgresql dbname=app user=web table=web_sessions
+      password='it''s here' dbname=app     -- or 'it\\'s': quotes and backslash escapes
+
+  Pairs are separated by whitespace; a value is single-quoted when it holds
+  spaces. An empty value may be written ``password=`` (as beego's docs do)
+  or ``password=''``;
+* a **URL**: ``postgresql://user:pass@host:port/dbname?param=value`` (also
+  ``postgres://``, as lib/pq accepts it); user, password and database are
+  percent-decoded; ``?host=/run/postgresql`` selects a Unix socket directory;
+* a **dict** (or a JSON object string) with the fields of
+  :class:`PostgreSQLSettings` (``host``, ``port``, ``user``, ``password``,
+  ``database``/``dbname`` …), optionally a ``dsn``/``url`` key whose values
+  the other keys override, and ``server_settings`` (a dict of run-time
+  parameters).
+
+Parameters (DSN pairs, URL query, dict keys; names match case-insensitively,
+with or without underscores):
+
+* ``table``: session table name (default ``session``, beego's); a plain identifier.
+* ``connect_timeout``: seconds (libpq) or a Go duration (``"500ms"``); kept
+  below the manager's ``provider_timeout``.
+* ``sslmode``: ``disable``, ``allow``, ``prefer`` (default, as libpq),
+  ``require``, ``verify-ca``, ``verify-full``.
+* ``min_size`` (1), ``max_size`` / ``pool_size`` (10),
+  ``max_inactive_lifetime`` (300 s; 0 = never): the asyncpg pool.
+* ``application_name`` (default ``gosession-tornado``).
+* libpq/lib/pq options that have no meaning here (``fallback_application_name``,
+  ``keepalives*``, ``target_session_attrs`` …, see :data:`IGNORED_LIBPQ_PARAMS`):
+  accepted and ignored.
+* anything else: a run-time parameter sent at connection start, as lib/pq
+  does (``search_path=app``, ``statement_timeout=5000``); the name must be an
+  identifier (``.`` allowed). An unknown parameter is a ``ConfigError`` when
+  the provider starts.
+
+Every problem raises :class:`~gosession_tornado.errors.ConfigError` with a
+message naming the part of the config at fault. Passwords never appear in
+messages or in ``repr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from .config import normalize_key
+from .durations import go_duration_seconds
+from .errors import ConfigError
+
+__all__ = [
+    "PostgreSQLSettings",
+    "parse_postgresql_config",
+    "parse_keyword_dsn",
+    "IGNORED_LIBPQ_PARAMS",
+    "SSL_MODES",
+    "DEFAULT_TABLE",
+]
+
+#: beego's table name.
+DEFAULT_TABLE = "session"
+
+#: libpq's sslmode values (asyncpg takes them as they are).
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+#: libpq / lib/pq connection options accepted and ignored (normalized names).
+IGNORED_LIBPQ_PARAMS = frozenset(
+    normalize_key(k)
+    for k in (
+        "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "target_session_attrs", "load_balance_hosts",
+        "gssencmode", "krbsrvname", "gsslib", "requirepeer", "replication", "channel_binding",
+        "sslcompression", "binary_parameters", "disable_prepared_binary_result", "client_encoding",
+        "datestyle", "passfile", "service", "ssl_min_protocol_version", "ssl_max_protocol_version",
+    )
+)
+
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+_PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,62}\Z")
+# Sent by the provider itself; the config may not override them.
+_RESERVED_PARAMS = frozenset(normalize_key(k) for k in ("TimeZone", "lock_timeout"))
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgreSQLSettings:
+    """Everything the provider needs to open its asyncpg pool; lengths of time in seconds."""
+
+    #: Host name or IP address, or a Unix socket directory (a path starting with ``/``).
+    host: str = "127.0.0.1"
+    port: int = 5432
+    #: Empty: the operating-system user, as libpq does.
+    user: str = ""
+    password: str = dataclasses.field(default="", repr=False)
+    #: Empty: the user name, as libpq does.
+    database: str = ""
+    table: str = DEFAULT_TABLE
+    sslmode: str = "prefer"
+    #: Connect timeout; ``None``: derived from the manager's ``provider_timeout``.
+    connect_timeout: float | None = None
+    min_size: int = 1
+    max_size: int = 10
+    #: Seconds after which an idle pooled connection is closed; 0 = never.
+    max_inactive_lifetime: float = 300.0
+    application_name: str = "gosession-tornado"
+    #: Run-time parameters sent at connection start: ``((name, value), ...)``.
+    server_settings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def where(self) -> str:
+        """``host:port`` or the socket directory, for messages."""
+        if self.host.startswith("/"):
+            return f"unix:{self.host}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+# ---------------------------------------------------------------- key=value DSN
+
+
+def parse_keyword_dsn(text: str) -> dict[str, str]:
+    """Split a libpq ``key=value`` connection string into ``{key: value}``.
+
+    Whitespace separates pairs and may surround ``=``; a value is either a
+    run of non-space characters (``\\`` escapes the next one) or a
+    single-quoted string (``\\'`` or ``''`` for a quote, ``\\\\`` for a
+    backslash). ``key=`` followed by whitespace and another ``key=...`` is an
+    empty value, as in beego's ``"user=postgres password= host=127.0.0.1"``.
+
+    :raises ConfigError: for a key without ``=`` or an unterminated quote.
+    """
+    out: dict[str, str] = {}
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        start = i
+        while i < n and not text[i].isspace() and text[i] != "=":
+            i += 1
+        key = text[start:i]
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n or text[i] != "=":
+            raise ConfigError(
+                f"postgresql DSN: missing '=' after {key!r}; expected 'key=value' pairs such as "
+                "'user=postgres password=secret host=127.0.0.1 port=5432 dbname=app sslmode=disable'",
+                key=key or "provider_config",
+            )
+        i += 1
+        spaced = i < n and text[i].isspace()
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n or (spaced and _starts_pair(text, i)):
+            out[key] = ""  # "password= host=..." : an empty value
+            continue
+        value: list[str] = []
+        if text[i] == "'":
+            i += 1
+            while True:
+                if i >= n:
+                    raise ConfigError(f"postgresql DSN: unterminated quoted value of {key!r}", key=key)
+                ch = text[i]
+                if ch == "\\" and i + 1 < n:
+                    value.append(text[i + 1])
+                    i += 2
+                elif ch == "'" and i + 1 < n and text[i + 1] == "'":
+                    value.append("'")
+                    i += 2
+                elif ch == "'":
+                    i += 1
+                    break
+                else:
+                    value.append(ch)
+                    i += 1
+        else:
+            while i < n and not text[i].isspace():
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                value.append(text[i])
+                i += 1
+        out[key] = "".join(value)
+
+
+_PAIR_START_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\s*=")
+
+
+def _starts_pair(text: str, pos: int) -> bool:
+    return _PAIR_START_RE.match(text, pos) is not None
+
+
+# ---------------------------------------------------------------- URL
+
+
+def _parse_url(url: str) -> dict[str, Any]:
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    if "," in netloc:
+        raise ConfigError(
+            "postgresql URL names several hosts; the session provider connects to one",
+            key="host",
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError("postgresql URL has an invalid port", key="port") from None
+    out: dict[str, Any] = {
+        "user": urllib.parse.unquote(parts.username or ""),
+        "password": urllib.parse.unquote(parts.password or ""),
+        "host": urllib.parse.unquote(parts.hostname or "") or None,
+        "port": port,
+        "database": urllib.parse.unquote(parts.path.lstrip("/")),
+    }
+    if "/" in out["database"]:
+        raise ConfigError("postgresql URL: the path must be just '/dbname'", key="database")
+    params: dict[str, str] = {}
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        params[name] = value
+    out["params"] = params
+    return out
+
+
+# ---------------------------------------------------------------- settings
+
+_FIELD_ALIASES: dict[str, str] = {
+    "host": "host", "hostaddr": "host", "hostname": "host", "addr": "host",
+    "port": "port",
+    "user": "user", "username": "user",
+    "password": "password", "passwd": "password",
+    "dbname": "database", "database": "database", "db": "database",
+    "table": "table", "tablename": "table",
+    "sslmode": "sslmode", "ssl": "sslmode",
+    "connecttimeout": "connect_timeout", "timeout": "connect_timeout",
+    "minsize": "min_size", "poolminsize": "min_size",
+    "maxsize": "max_size", "poolsize": "max_size", "poolmaxsize": "max_size",
+    "maxinactivelifetime": "max_inactive_lifetime", "maxinactiveconnectionlifetime": "max_inactive_lifetime",
+    "applicationname": "application_name",
+}
+
+
+def _port(key: str, value: Any) -> int:
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"postgresql config {key!r} must be a port number, got {value!r}", key=key
+        ) from None
+    if isinstance(value, bool) or not 0 < port < 65536:
+        raise ConfigError(f"postgresql config {key!r} must be a port number 1-65535, got {value!r}", key=key)
+    return port
+
+
+def _as_int(key: str, value: Any, *, minimum: int) -> int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"postgresql config {key!r} must be an integer, got {value!r}", key=key) from None
+    if n < minimum:
+        raise ConfigError(f"postgresql config {key!r} must be >= {minimum}, got {n}", key=key)
+    return n
+
+
+def _as_seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"postgresql config {key!r} must be a number of seconds, got {value!r}", key=key)
+    if isinstance(value, str):
+        try:
+            return go_duration_seconds(value)
+        except ValueError as exc:
+            raise ConfigError(f"postgresql config {key!r}: {exc}", key=key) from None
+    if not value >= 0:
+        raise ConfigError(f"postgresql config {key!r} must be >= 0, got {value!r}", key=key)
+    return float(value)
+
+
+def _server_setting(name: str, value: Any) -> tuple[str, str]:
+    if normalize_key(name) in _RESERVED_PARAMS:
+        raise ConfigError(
+            f"postgresql config: run-time parameter {name!r} is managed by the session provider",
+            key=name,
+        )
+    if not _PARAM_NAME_RE.match(name):
+        raise ConfigError(f"postgresql config: {name!r} is not a valid run-time parameter name", key=name)
+    if isinstance(value, bool):
+        return name, "on" if value else "off"
+    if isinstance(value, (int, float, str)):
+        return name, str(value)
+    raise ConfigError(f"postgresql config: value of run-time parameter {name!r} must be a scalar", key=name)
+
+
+def _apply(
+    values: dict[str, Any], settings: dict[str, str], key: str, value: Any, *, from_text: bool
+) -> None:
+    """Set one setting from a DSN pair, a URL parameter or a dict key."""
+    norm = normalize_key(key)
+    field = _FIELD_ALIASES.get(norm)
+    if field is None:
+        if not from_text:
+            raise KeyError(key)
+        if norm in IGNORED_LIBPQ_PARAMS:
+            return
+        name, text = _server_setting(key, value)
+        settings[name] = text
+        return
+    if field == "port":
+        values["port"] = _port(key, value)
+    elif field in ("min_size", "max_size"):
+        values[field] = _as_int(key, value, minimum=0 if field == "min_size" else 1)
+    elif field in ("connect_timeout", "max_inactive_lifetime"):
+        values[field] = _as_seconds(key, value)
+    elif field == "sslmode":
+        bool_mode = "require" if value else "disable"
+        mode = bool_mode if isinstance(value, bool) else str(value).strip().lower()
+        if mode not in SSL_MODES:
+            raise ConfigError(
+                f"postgresql config {key!r} must be one of {', '.join(SSL_MODES)}, got {value!r}", key=key
+            )
+        values["sslmode"] = mode
+    else:
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"postgresql config {key!r} must be a string, got {type(value).__name__}", key=key
+            )
+        if field == "host" and "," in value:
+            raise ConfigError(
+                f"postgresql config {key!r} names several hosts; the session provider connects to one",
+                key=key,
+            )
+        values[field] = value
+
+
+def _from_string(text: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(direct values, parameters)`` of a URL or key=value DSN."""
+    lowered = text.lower()
+    if lowered.startswith(("postgresql://", "postgres://")):
+        raw = _parse_url(text)
+        params = raw.pop("params")
+        return {k: v for k, v in raw.items() if v not in (None, "")}, params
+    if "://" in text.split(None, 1)[0]:
+        scheme = text.split("://", 1)[0]
+        raise ConfigError(
+            f"postgresql provider_config: unsupported URL scheme {scheme!r}; use "
+            "postgresql://user:pass@host:port/dbname or 'key=value' pairs",
+            key="provider_config",
+        )
+    return {}, parse_keyword_dsn(text)
+
+
+def parse_postgresql_config(config: Any) -> PostgreSQLSettings:
+    """Build :class:`PostgreSQLSettings` from a key=value DSN, a URL, a dict or a JSON object string.
+
+    :raises ConfigError: for a malformed config; the message and the error's
+        ``key`` name the part that is wrong.
+    """
+    values: dict[str, Any] = {}
+    settings: dict[str, str] = {}
+    if isinstance(config, str) and config.strip().startswith("{"):
+        try:
+            config = json.loads(config)
+        except ValueError as exc:
+            raise ConfigError(
+                f"postgresql provider_config is not valid JSON: {exc}", key="provider_config"
+            ) from None
+    if isinstance(config, str):
+        text = config.strip()
+        if not text:
+            raise ConfigError(
+                "the postgresql provider needs provider_config: a DSN like "
+                "'user=postgres password=secret host=127.0.0.1 port=5432 dbname=app sslmode=disable' "
+                "or a postgresql:// URL",
+                key="provider_config",
+            )
+        direct, params = _from_string(text)
+        _merge(values, settings, direct, params)
+    elif isinstance(config, Mapping):
+        rest: dict[str, Any] = {}
+        for key, value in config.items():
+            if not isinstance(key, str):
+                raise ConfigError(
+                    f"postgresql config keys must be strings, got {key!r}", key="provider_config"
+                )
+            if normalize_key(key) in ("dsn", "url"):
+                if not isinstance(value, str):
+                    raise ConfigError(f"postgresql config {key!r} must be a string", key=key)
+                _merge(values, settings, *_from_string(value.strip()))
+            else:
+                rest[key] = value
+        for key, value in rest.items():
+            if normalize_key(key) in ("serversettings", "options"):
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"postgresql config {key!r} must be a dict", key=key)
+                for name, item in value.items():
+                    pname, text = _server_setting(str(name), item)
+                    settings[pname] = text
+                continue
+            if value is None:
+                continue
+            try:
+                _apply(values, settings, key, value, from_text=False)
+            except KeyError:
+                raise ConfigError(
+                    f"unknown postgresql config key {key!r} (known: dsn, url, host, port, user, password, "
+                    "database, table, sslmode, connect_timeout, min_size, max_size, "
+                    "max_inactive_lifetime, application_name, server_settings)",
+                    key=key,
+                ) from None
+    else:
+        raise ConfigError(
+            "postgresql provider_config must be a 'key=value' DSN, a postgresql:// URL or a dict, "
+            f"got {type(config).__name__}",
+            key="provider_config",
+        )
+    result = PostgreSQLSettings(**values, server_settings=tuple(sorted(settings.items())))
+    _validate(result)
+    return result
+
+
+def _merge(
+    values: dict[str, Any], settings: dict[str, str], direct: dict[str, Any], params: dict[str, str]
+) -> None:
+    for key, value in direct.items():
+        values[key] = value
+    for key, value in params.items():
+        _apply(values, settings, key, value, from_text=True)
+
+
+def _validate(s: PostgreSQLSettings) -> None:
+    if not _IDENT_RE.match(s.table):
+        raise ConfigError(
+            f"postgresql table name {s.table!r} must be a plain identifier: a letter or '_' and then "
+            "up to 62 letters, digits or '_'",
+            key="table",
+        )
+    if not s.host:
+        raise ConfigError("postgresql host is empty", key="host")
+    if s.min_size > s.max_size:
+        raise ConfigError(
+            f"postgresql pool min_size ({s.min_size}) must not exceed max_size ({s.max_size})",
+            key="min_size",
+        )
