@@ -220,6 +220,10 @@ class PostgreSQLProvider(Provider):
                 max_size=settings.max_size,
                 max_inactive_connection_lifetime=settings.max_inactive_lifetime,
                 server_settings=server_settings,
+                # Our connections carry no session state to reset (transactions end in
+                # COMMIT, ROLLBACK or a terminated connection): skip asyncpg's reset query,
+                # a round trip per release.
+                reset=_no_reset,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise self._translate(exc) from exc
@@ -343,9 +347,15 @@ class PostgreSQLProvider(Provider):
             state = _state(exc)
             if not isinstance(exc, asyncpg.PostgresError) or state[:2] in ("08", "57"):
                 conn.terminate()  # mid-query, cancelled or lost: its state is unknown
+            elif conn.is_in_transaction():
+                try:  # a plain SQL error (a key race, a deadlock): the connection is fine
+                    await conn.execute("ROLLBACK")
+                except BaseException:
+                    conn.terminate()
+                    raise
             raise
         finally:
-            await pool.release(conn)  # rolls back an open transaction
+            await pool.release(conn)
 
     async def _fetch(self, conn: Any, sql: str, *args: Any) -> list[Any]:
         self.statements[sql.split(None, 1)[0].lower()] += 1
@@ -765,6 +775,10 @@ class PostgreSQLProvider(Provider):
             jobs.append(do_others())
         await asyncio.gather(*jobs)
         return results
+
+
+async def _no_reset(conn: Any) -> None:
+    """Pool reset hook: nothing to undo (see :meth:`PostgreSQLProvider._connection`)."""
 
 
 def _columns_of(rows: list[tuple[str, bytes, int]]) -> tuple[list[str], list[bytes], list[int]]:
