@@ -227,6 +227,13 @@ class RedisProvider(Provider):
         timeout = getattr(self.manager_config, "provider_timeout", None)
         return float(timeout) if timeout else 5.0
 
+    def parse_config(self, config: Any) -> RedisConfig:
+        """Parse ``provider_config``; subclasses may return a :class:`RedisConfig` subclass.
+
+        :raises ConfigError: naming the bad item.
+        """
+        return parse_redis_config(config)
+
     def make_client(self, cfg: RedisConfig, timeout: float) -> aioredis.Redis:
         """Build the client. *timeout* is ``provider_timeout`` (s); every wait stays below it."""
         kwargs: dict[str, Any] = {
@@ -262,7 +269,7 @@ class RedisProvider(Provider):
         :raises ProviderUnavailableError: if Redis cannot be reached.
         """
         self.max_lifetime = max_lifetime
-        cfg = parse_redis_config(config)
+        cfg = self.parse_config(config)
         prefix = cfg.key_prefix
         if prefix is None:
             prefix = getattr(self.manager_config, "key_prefix", None) or "gosession:"
