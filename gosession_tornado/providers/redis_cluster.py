@@ -1,0 +1,723 @@
+"""The ``redis_cluster`` provider: the ``redis`` provider's hashes, spread over a Redis Cluster.
+
+Needs the ``[redis]`` extra; the client is :class:`redis.asyncio.cluster.RedisCluster`.
+Everything the ``redis`` provider does per session (one hash, delta releases in
+one Lua script, TTL refreshed on access, batches pipelined) holds unchanged,
+because every one of those commands touches a single key. What differs:
+
+Keys and slots
+    Session *sid* lives in the hash ``<key_prefix>{<sid>}``. The braces are a
+    Redis Cluster *hash tag*: the slot is ``CRC16(sid) mod 16384``, so sessions
+    spread evenly over the masters, and any helper key named
+    ``<key_prefix>{<sid>}...`` lives in the same slot as the session. A
+    ``key_prefix`` containing ``{`` or ``}`` is refused (it would change the tag).
+
+Regenerate
+    The old and the new id hash to different slots (usually on different
+    nodes), so one ``RENAME`` or one script cannot span them: Redis refuses that
+    with ``CROSSSLOT``, and beego's cluster provider failed there. This
+    provider never sends a command with keys in two slots. It moves a session
+    in three steps, each one an atomic script on one slot:
+
+    1. on the old slot: ``RENAME <p>{old}`` to the hand-over key
+       ``<p>{old}:regenerating:<new>`` (same slot) and give it a short TTL,
+       returning its fields. From this instant the old id reads as missing, and
+       a release for it is dropped, exactly as after the ``redis`` provider's
+       ``RENAME``;
+    2. on the new slot: write those fields to ``<p>{new}`` (unless it already
+       exists: then this is a repeat of the same move and its data is returned)
+       and set the session's TTL;
+    3. on the old slot: delete the hand-over key.
+
+    What holds: the old id stops serving data at step 1, before the new id
+    exists, so the two are never live together; a failure before step 2
+    completes (the new id's node down) renames the hand-over key back, so the
+    call fails with :class:`~gosession_tornado.errors.ProviderUnavailableError`
+    and the session stays usable under its old id; a failure of step 3 is only
+    logged (the hand-over key expires by itself after
+    :attr:`RedisClusterProvider.handover_ttl` seconds and is never read as a
+    session). What a cluster cannot give: another process reading the old id
+    between steps 1 and 2 sees no session (it gets a fresh one, as it would
+    after the move), and a regenerate cut off by ``provider_timeout`` between
+    the steps, or whose old node dies right after step 1, loses that session
+    (neither id works; no data leaks).
+
+Batching
+    A drained batch is grouped by the node that owns each key, and every group
+    is sent as **one pipeline to its node**; the groups go out concurrently. A
+    batch of *n* messages therefore costs at most one round trip per master,
+    not *n*. :attr:`RedisClusterProvider.round_trips` counts node pipelines.
+
+Failure
+    A node that is down or unreachable fails only the messages for sessions in
+    its slots, with :class:`~gosession_tornado.errors.ProviderUnavailableError`
+    (the mixin answers 503); sessions on the other masters keep working (if the
+    servers run with ``cluster-require-full-coverage no`` or the dead master
+    has a replica that takes over). After a node failure the slot map is
+    fetched again (at most once per second), so a promoted replica is found;
+    a restarted node is used again as soon as it answers, and scripts it
+    forgot are loaded again (``NOSCRIPT`` retry).
+
+``provider_config`` forms: see :func:`parse_cluster_config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis import exceptions as rexc
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..errors import ConfigError, ProviderUnavailableError
+from ..provider import Message, Regenerate, SessionData
+from ..redis_config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    RedisConfig,
+    _from_mapping,
+    parse_addr,
+    parse_redis_config,
+)
+from .redis import _CHUNK, _LUA_META, _SCAN_COUNT, SCRIPTS, RedisProvider, _glob_escape, _Op
+
+__all__ = ["RedisClusterProvider", "ClusterConfig", "parse_cluster_config"]
+
+log = logging.getLogger("gosession_tornado.redis_cluster")
+
+_WHAT = "redis_cluster provider_config"
+
+#: Seconds between two slot-map refreshes after node failures.
+_REFRESH_INTERVAL = 1.0
+
+
+# ---------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """Startup nodes plus the connection options shared by every node. Times in seconds."""
+
+    #: ``(host, port)`` of each startup node; the client discovers the rest.
+    nodes: tuple[tuple[str, int], ...] = ((DEFAULT_HOST, DEFAULT_PORT),)
+    #: Password, pool size (per node), TLS, timeouts, key prefix ... (``host``/``port``/``db`` unused).
+    options: RedisConfig = dataclasses.field(default_factory=RedisConfig)
+
+    @property
+    def location(self) -> str:
+        """``cluster host:port,host:port`` for messages."""
+        return "cluster " + ",".join(_node_name(h, p) for h, p in self.nodes)
+
+
+def _node_name(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_NODE_ITEM = re.compile(r"^\s*(\[[^\]]*\]|[^\s:/@,;\[\]]*):\d+\s*$")
+#: Normalized dict keys (lowercase, no ``_``/``-``) that name startup nodes.
+_NODE_KEYS = ("addr", "address", "savepath", "conn", "host", "addrs", "startupnodes", "nodes")
+
+
+def _norm(key: str) -> str:
+    return key.lower().replace("_", "").replace("-", "")
+
+
+def _parse_nodes(items: Sequence[Any], key: str, default_port: int | None = None) -> list[tuple[str, int]]:
+    nodes: list[tuple[str, int]] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(
+                f"{_WHAT} item {key!r} must list 'host:port' strings, got {type(item).__name__} {item!r}",
+                key=key,
+            )
+        text = item.strip()
+        if not text:
+            continue
+        host, port, path = parse_addr(text, key)
+        if path is not None:
+            raise ConfigError(
+                f"{_WHAT} item {key!r}: Redis Cluster needs TCP 'host:port' nodes, not the socket {text!r}",
+                key=key,
+            )
+        if default_port is not None and not re.search(r"(^|\]|[^:\]]):\d+$", text):
+            port = default_port
+        nodes.append((host, port))
+    return nodes
+
+
+def _check(options: RedisConfig, nodes: list[tuple[str, int]]) -> ClusterConfig:
+    if options.unix_socket_path:
+        raise ConfigError(
+            f"{_WHAT}: Redis Cluster needs TCP 'host:port' nodes, not a Unix socket", key="addr"
+        )
+    if options.db != 0:
+        raise ConfigError(
+            f"{_WHAT} item 'dbnum' is {options.db}: a Redis Cluster has only database 0",
+            key="dbnum",
+        )
+    unique = tuple(dict.fromkeys(nodes)) or ((DEFAULT_HOST, DEFAULT_PORT),)
+    return ClusterConfig(nodes=unique, options=options)
+
+
+_DEFAULTS = RedisConfig()
+
+
+def _from_urls(text: str) -> tuple[list[tuple[str, int]], RedisConfig]:
+    urls = [u.strip() for u in re.split(r"[,;]", text) if u.strip()]
+    nodes: list[tuple[str, int]] = []
+    first: RedisConfig | None = None
+    for url in urls:
+        if not re.match(r"^rediss?://", url, re.IGNORECASE):
+            raise ConfigError(
+                f"{_WHAT}: every node of a URL list must be a redis:// or rediss:// URL, got {url!r}",
+                key="url",
+            )
+        cfg = parse_redis_config(url)
+        nodes.append((cfg.host, cfg.port))
+        shared = dataclasses.replace(cfg, host=DEFAULT_HOST, port=DEFAULT_PORT)
+        if first is None:
+            first = shared
+            continue
+        # Options may be written on any URL (or all); two different values conflict.
+        for field in dataclasses.fields(RedisConfig):
+            value, have = getattr(shared, field.name), getattr(first, field.name)
+            if value == have or value == getattr(_DEFAULTS, field.name):
+                continue
+            if have != getattr(_DEFAULTS, field.name):
+                raise ConfigError(
+                    f"{_WHAT}: the node URLs disagree on {field.name} ({url!r}); every "
+                    "node of a cluster takes the same options",
+                    key="url",
+                )
+            first = dataclasses.replace(first, **{field.name: value})
+    assert first is not None
+    return nodes, first
+
+
+def _from_mapping_form(raw: Mapping[Any, Any]) -> ClusterConfig:
+    rest: dict[str, Any] = {}
+    node_values: list[tuple[str, Any]] = []
+    url: Any = None
+    port: Any = None
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{_WHAT} keys must be strings, got {key!r}")
+        norm = _norm(key)
+        if norm in _NODE_KEYS:
+            node_values.append((key, value))
+        elif norm == "url":
+            url = value
+        elif norm == "port":
+            port = value
+        else:
+            rest[key] = value
+    nodes: list[tuple[str, int]] = []
+    base: RedisConfig | None = None
+    if url is not None:
+        if not isinstance(url, str):
+            raise ConfigError(f"{_WHAT} item 'url' must be a redis:// URL string, got {url!r}", key="url")
+        nodes, base = _from_urls(url)
+    default_port: int | None = None
+    if port is not None:
+        default_port = _from_mapping({"port": port}).port
+    for key, value in node_values:
+        if isinstance(value, str):
+            items: list[Any] = re.split(r"[,;]", value)
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise ConfigError(
+                f"{_WHAT} item {key!r} must be 'host:port;host:port' or a list of 'host:port', "
+                f"got {type(value).__name__} {value!r}",
+                key=key,
+            )
+        nodes.extend(_parse_nodes(items, key, default_port))
+    if default_port is not None and not node_values and not nodes:
+        nodes = [(DEFAULT_HOST, default_port)]
+    options = _from_mapping(rest, base)
+    return _check(options, nodes)
+
+
+def _from_comma_form(text: str) -> ClusterConfig:
+    items = text.split(",")
+    first = items.pop(0)
+    node_items = first.split(";")
+    while items and _NODE_ITEM.match(items[0]):
+        node_items.append(items.pop(0))
+    nodes = _parse_nodes(node_items, "addr")
+    # The remaining items are beego's positions 2.. (poolsize, password, dbnum, ...).
+    options = parse_redis_config(",".join(["", *items])) if items else RedisConfig()
+    return _check(options, nodes)
+
+
+def parse_cluster_config(config: Any) -> ClusterConfig:
+    """Parse the ``redis_cluster`` provider's ``provider_config``.
+
+    Accepted forms (an empty config means the startup node ``127.0.0.1:6379``):
+
+    * **beego's form** ``"host:port;host:port,poolsize,password,dbnum,idle_timeout,
+      idle_check_frequency,max_retries"``: startup nodes separated by ``;`` in
+      the first comma item, then the ``redis`` provider's positions.
+    * **a comma list of nodes** ``"host:port,host:port"``, optionally followed by
+      the same positions (``"h1:7000,h2:7001,50,secret"``): leading items of the
+      shape ``host:port`` are nodes.
+    * **redis:// URLs**, one per node, separated by ``,``
+      (``"redis://:pw@h1:7000,redis://h2:7001"``); options (password, query
+      parameters) written on any of them apply to every node, and two URLs
+      that give one option different values are refused.
+    * **a dict or JSON object** with ``startup_nodes`` / ``nodes`` / ``addrs`` /
+      ``addr`` / ``save_path`` (a list of ``"host:port"`` or a string separated
+      by ``,`` or ``;``), an optional ``port`` default, a ``url`` list, and the
+      ``redis`` provider's other keys (``password``, ``poolsize``, ``ssl`` ...).
+
+    ``poolsize`` is per node. ``dbnum`` must be 0 (a cluster has one database).
+
+    :raises ConfigError: naming the bad item.
+    """
+    if config is None:
+        return ClusterConfig()
+    if isinstance(config, Mapping):
+        return _from_mapping_form(config)
+    if not isinstance(config, str):
+        raise ConfigError(
+            f"{_WHAT} must be a string (\"host:port;host:port,poolsize,password\", "
+            f"redis:// URLs or JSON) or a dict, got {type(config).__name__}",
+            key="provider_config",
+        )
+    text = config.strip()
+    if not text:
+        return ClusterConfig()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{_WHAT} is not valid JSON: {exc}", key="provider_config") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{_WHAT} JSON must be an object", key="provider_config")
+        return _from_mapping_form(data)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        nodes, options = _from_urls(text)
+        return _check(options, nodes)
+    return _from_comma_form(text)
+
+
+# ---------------------------------------------------------------- scripts (EVAL: used rarely)
+
+# KEYS[1] = old session key, KEYS[2] = hand-over key (same slot); ARGV[1] = hand-over TTL (s).
+# Returns the flat HGETALL of the hand-over key, or nil if there is no session to move.
+_TAKE = """
+local old, handover = KEYS[1], KEYS[2]
+if redis.call('EXISTS', old) == 1 then
+  redis.call('RENAME', old, handover)
+  redis.call('EXPIRE', handover, ARGV[1])
+elseif redis.call('EXISTS', handover) == 0 then
+  return false
+end
+return redis.call('HGETALL', handover)
+"""
+
+# KEYS[1] = new session key; ARGV[1] = default lifetime (s), then field/value pairs.
+# Returns the flat HGETALL of the new key.
+_PUT = f"""
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then
+  local n = #ARGV
+  local i = 2
+  while i <= n do
+    local j = math.min(i + {2 * _CHUNK - 1}, n)
+    redis.call('HSET', key, unpack(ARGV, i, j))
+    i = j + 1
+  end
+  if redis.call('HEXISTS', key, {_LUA_META}) == 0 then
+    redis.call('HSET', key, {_LUA_META}, ARGV[1])
+  end
+end
+local lifetime = redis.call('HGET', key, {_LUA_META}) or ARGV[1]
+redis.call('EXPIRE', key, lifetime)
+return redis.call('HGETALL', key)
+"""
+
+# KEYS[1] = old session key, KEYS[2] = hand-over key. Puts the session back under its old id.
+_UNDO = f"""
+local old, handover = KEYS[1], KEYS[2]
+if redis.call('EXISTS', handover) == 1 and redis.call('EXISTS', old) == 0 then
+  redis.call('RENAME', handover, old)
+  local lifetime = redis.call('HGET', old, {_LUA_META})
+  if lifetime then redis.call('EXPIRE', old, lifetime) end
+  return 1
+end
+return 0
+"""
+
+
+def _command_key(args: Sequence[Any]) -> Any:
+    """The key that routes one command (the first key of a script)."""
+    name = str(args[0]).upper()
+    if name in ("EVAL", "EVALSHA"):
+        if int(args[2]) < 1:
+            raise ValueError(f"{name} without keys cannot be routed in a cluster")
+        return args[3]
+    return args[1]
+
+
+# ---------------------------------------------------------------- provider
+
+
+class RedisClusterProvider(RedisProvider):
+    """Sessions in a Redis Cluster: hash-tagged keys, per-node pipelines, CROSSSLOT-free regenerate.
+
+    Storage, expiry and release semantics are those of
+    :class:`~gosession_tornado.providers.redis.RedisProvider`; see the module
+    documentation for keys, regenerate, batching and failure behaviour.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cluster: RedisCluster | None = None
+        self.cluster_config = ClusterConfig()
+        #: Seconds a hand-over key of an interrupted regenerate lives (set from ``provider_timeout``).
+        self.handover_ttl = 60
+        self._stale = False
+        self._next_refresh = 0.0
+
+    # ------------------------------------------------------------ setup
+
+    def key(self, sid: str) -> str:
+        """The Redis key of session *sid*: ``<key_prefix>{<sid>}`` (the sid is the hash tag)."""
+        if not isinstance(sid, str) or not sid:
+            raise ValueError(f"session id must be a non-empty string, got {sid!r}")
+        if "{" in sid or "}" in sid:
+            raise ValueError(f"session id {sid[:40]!r} may not contain braces")
+        return f"{self.key_prefix}{{{sid}}}"
+
+    def handover_key(self, old_sid: str, sid: str) -> str:
+        """The key holding *old_sid*'s data while it moves to *sid* (the slot of *old_sid*)."""
+        return f"{self.key(old_sid)}:regenerating:{sid}"
+
+    def make_cluster_client(self, cfg: ClusterConfig, timeout: float) -> RedisCluster:
+        """Build the cluster client. *timeout* is ``provider_timeout`` (s); every wait stays below it.
+
+        ``poolsize`` bounds the connections per node. The client itself never
+        retries (its retry would close every node's connections); the
+        provider retries a failed node's commands ``max_retries`` times.
+        """
+        opts = cfg.options
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in cfg.nodes],
+            require_full_coverage=False,
+            max_connections=opts.poolsize,
+            retry=Retry(NoBackoff(), 0),
+            username=opts.username,
+            password=opts.password,
+            client_name=opts.client_name,
+            ssl=opts.ssl,
+            socket_timeout=timeout * 0.8,
+            socket_connect_timeout=timeout * 0.4,
+            health_check_interval=math.ceil(opts.idle_timeout) if opts.idle_timeout else 0,
+        )
+
+    async def session_init(self, max_lifetime: int, config: Any) -> None:
+        """Parse *config*, fetch the slot map and load the Lua scripts on every master.
+
+        :raises ConfigError: for a bad config, a rejected password, or a server
+            that is not in cluster mode.
+        :raises ProviderUnavailableError: if no startup node can be reached.
+        """
+        self.max_lifetime = max_lifetime
+        cfg = parse_cluster_config(config)
+        prefix = cfg.options.key_prefix
+        if prefix is None:
+            prefix = getattr(self.manager_config, "key_prefix", None) or "gosession:"
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigError(
+                "redis_cluster key_prefix must be a non-empty string (an empty prefix would make "
+                "get_active_sessions count every key in the cluster)",
+                key="key_prefix",
+            )
+        if "{" in prefix or "}" in prefix:
+            raise ConfigError(
+                f"redis_cluster key_prefix {prefix!r} may not contain '{{' or '}}': the session id "
+                "is the key's hash tag, and braces in the prefix would replace it",
+                key="key_prefix",
+            )
+        self.key_prefix = prefix
+        self.cluster_config = cfg
+        host, port = cfg.nodes[0]
+        self.redis_config = dataclasses.replace(cfg.options, host=host, port=port)
+        timeout = self._timeout()
+        self.handover_ttl = max(60, 2 * math.ceil(timeout))
+        self._cluster = client = self.make_cluster_client(cfg, timeout)
+        try:
+            await client.initialize()
+        except (rexc.RedisClusterException, rexc.RedisError, OSError) as exc:
+            await self.session_close()
+            raise self._init_error(exc) from None
+        primaries = client.get_primaries()
+        self.round_trips += len(primaries)
+        results = await asyncio.gather(
+            *(self._load_scripts(node) for node in primaries), return_exceptions=True
+        )
+        failures = [(n, r) for n, r in zip(primaries, results) if isinstance(r, BaseException)]
+        for _, error in failures:
+            if isinstance(error, (rexc.AuthenticationError, rexc.AuthorizationError)):
+                await self.session_close()
+                raise self._init_error(error) from None
+        if failures and len(failures) == len(primaries):
+            await self.session_close()
+            raise self._init_error(failures[0][1]) from None
+        for node, error in failures:  # the others serve; this node's sessions fail until it is back
+            log.warning("redis cluster node %s: loading the session scripts failed: %s", node.name, error)
+            self._stale = True
+
+    def _init_error(self, exc: BaseException) -> Exception:
+        location = self.cluster_config.location
+        chain: list[BaseException] = []
+        cur: BaseException | None = exc
+        while cur is not None and len(chain) < 5:
+            chain.append(cur)
+            cur = cur.__cause__ or cur.__context__
+        text = " ".join(str(e) for e in chain)
+        if any(isinstance(e, (rexc.AuthenticationError, rexc.AuthorizationError)) for e in chain) or (
+            "WRONGPASS" in text or "NOAUTH" in text or "invalid password" in text.lower()
+        ):
+            return ConfigError(
+                f"redis {location} rejected the credentials: {exc}; check the password "
+                "(and username) in provider_config",
+                key="password",
+            )
+        if "cluster mode is not enabled" in text.lower() or "cluster support disabled" in text.lower():
+            return ConfigError(
+                f"redis at {location} is not a Redis Cluster (cluster-enabled no); use the "
+                "'redis' provider for a single server, or list the cluster's nodes",
+                key="addr",
+            )
+        return ProviderUnavailableError(
+            f"redis {location} is unavailable ({type(exc).__name__}: {exc}); are the cluster "
+            "nodes running? The next request retries."
+        )
+
+    async def _load_scripts(self, node: ClusterNode) -> None:
+        for script in SCRIPTS:
+            await node.execute_command("SCRIPT LOAD", script.source)
+
+    async def session_close(self) -> None:
+        """Close the cluster client and every node's connections."""
+        client, self._cluster = self._cluster, None
+        if client is not None:
+            await client.aclose()
+        await super().session_close()
+
+    # ------------------------------------------------------------ errors
+
+    def _unavailable(self, exc: BaseException) -> ProviderUnavailableError:
+        return ProviderUnavailableError(
+            f"redis {self.cluster_config.location} is unavailable ({type(exc).__name__}: {exc}); "
+            "are the cluster nodes running? The next request retries."
+        )
+
+    def _node_unavailable(self, node: str, exc: BaseException) -> ProviderUnavailableError:
+        return ProviderUnavailableError(
+            f"redis cluster node {node} is unavailable ({type(exc).__name__}: {exc}); sessions "
+            "stored on it fail until it (or a replica) is back; the next request retries."
+        )
+
+    def _refused(self, op: _Op, exc: BaseException) -> ProviderUnavailableError:
+        if isinstance(exc, ProviderUnavailableError):
+            return exc
+        return ProviderUnavailableError(
+            f"redis {self.cluster_config.location} refused the {op.kind!r} of a session: {exc}"
+        )
+
+    def _require_cluster(self) -> RedisCluster:
+        if self._cluster is None:
+            raise ProviderUnavailableError("the redis_cluster session provider is not connected (closed?)")
+        return self._cluster
+
+    # ------------------------------------------------------------ round trips
+
+    async def _refresh_slots(self, client: RedisCluster) -> None:
+        """Fetch the slot map again after a node failure (at most once per second)."""
+        now = time.monotonic()
+        if not self._stale or now < self._next_refresh:
+            return
+        self._next_refresh = now + _REFRESH_INTERVAL
+        try:
+            await client.nodes_manager.initialize()
+            self._stale = False
+        except Exception as exc:  # keep the old map; the next failure retries
+            log.info("redis cluster: refreshing the slot map failed: %s", exc)
+
+    async def _load_everywhere(self, source: str) -> Any:
+        """``SCRIPT LOAD`` on every master that answers; the sha, or the error if none did."""
+        client = self._require_cluster()
+        primaries = client.get_primaries()
+        self.round_trips += len(primaries)
+        results = await asyncio.gather(
+            *(node.execute_command("SCRIPT LOAD", source) for node in primaries),
+            return_exceptions=True,
+        )
+        for result in results:
+            if not isinstance(result, BaseException):
+                return result
+        self._stale = True
+        return self._unavailable(results[0] if results else RuntimeError("no master known"))
+
+    async def _node_pipeline(self, client: RedisCluster, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        pipe = client.pipeline()
+        for args in commands:
+            pipe.execute_command(*args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send *commands* as one pipeline per owning node, concurrently; errors come back in place.
+
+        ``SCRIPT LOAD`` commands go to every master first. A node that fails
+        (connection refused, timeout, slot not covered) fails only its own
+        commands, with :class:`ProviderUnavailableError`; they are re-sent
+        ``max_retries`` times after refreshing the slot map.
+        """
+        client = self._require_cluster()
+        replies: list[Any] = [None] * len(commands)
+        todo: list[int] = []
+        for index, args in enumerate(commands):
+            if str(args[0]).upper() == "SCRIPT LOAD":
+                replies[index] = await self._load_everywhere(args[1])
+            else:
+                todo.append(index)
+        for attempt in range(1 + self.cluster_config.options.max_retries):
+            if not todo:
+                break
+            if attempt:
+                self._next_refresh = 0.0
+            await self._refresh_slots(client)
+            groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+            failed: list[int] = []
+            for index in todo:
+                try:
+                    node = client.get_node_from_key(_command_key(commands[index]))
+                    if node is None:
+                        raise rexc.SlotNotCoveredError("no node serves this key's slot")
+                except (rexc.RedisClusterException, rexc.RedisError) as exc:
+                    self._stale = True
+                    replies[index] = self._unavailable(exc)
+                    failed.append(index)
+                    continue
+                groups.setdefault(node.name, (node, []))[1].append(index)
+            self.round_trips += len(groups)
+            results = await asyncio.gather(
+                *(self._node_pipeline(client, [commands[i] for i in idx]) for _, idx in groups.values()),
+                return_exceptions=True,
+            )
+            for (node, idx), result in zip(groups.values(), results):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, Exception):
+                        raise result  # cancellation and the like
+                    self._stale = True
+                    error = self._node_unavailable(node.name, result)
+                    for index in idx:
+                        replies[index] = error
+                    failed.extend(idx)
+                    continue
+                for index, reply in zip(idx, result):
+                    if isinstance(reply, (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError)):
+                        self._stale = True
+                        replies[index] = self._node_unavailable(node.name, reply)
+                        failed.append(index)
+                    else:
+                        replies[index] = reply
+            todo = sorted(failed)
+        return replies
+
+    async def _one(self, args: tuple[Any, ...]) -> Any:
+        """One command; its reply, or raises ProviderUnavailableError."""
+        (reply,) = await self._pipeline([args])
+        if isinstance(reply, ProviderUnavailableError):
+            raise reply
+        if isinstance(reply, BaseException):
+            raise ProviderUnavailableError(
+                f"redis {self.cluster_config.location} refused a session command: {reply}"
+            )
+        return reply
+
+    # ------------------------------------------------------------ batching and verbs
+
+    def build_op(self, message: Message) -> _Op | None:
+        """As the base class, except that a regenerate runs on its own (it spans two slots)."""
+        if isinstance(message, Regenerate):
+            return None
+        return super().build_op(message)
+
+    async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
+        """Move *old_sid*'s hash to *sid* across slots in three single-slot scripts (see the module docs).
+
+        :raises ProviderUnavailableError: if a node involved fails before the
+            data is under *sid*; the session then stays under *old_sid*.
+        """
+        old_key, new_key = self.key(old_sid), self.key(sid)
+        handover = self.handover_key(old_sid, sid)
+        lifetime = self._lifetime(self.max_lifetime)
+        taken = await self._one(("EVAL", _TAKE, 2, old_key, handover, self.handover_ttl))
+        fields: list[Any] = list(taken) if taken else []
+        try:
+            moved = await self._one(("EVAL", _PUT, 1, new_key, lifetime, *fields))
+        except ProviderUnavailableError:
+            if taken is not None:
+                try:
+                    await self._one(("EVAL", _UNDO, 2, old_key, handover))
+                except ProviderUnavailableError as exc:
+                    log.warning(
+                        "redis cluster: regenerate failed and session %s… could not be put back: %s",
+                        old_sid[:6], exc,
+                    )
+            raise
+        if taken is not None:
+            try:
+                await self._one(("DEL", handover))
+            except ProviderUnavailableError as exc:  # it expires by itself
+                log.warning("redis cluster: hand-over key of session %s… not deleted: %s", sid[:6], exc)
+        return self._regenerate_result(moved)
+
+    async def session_all(self) -> int:
+        """Session keys under the prefix on every master, counted with ``SCAN`` (never ``KEYS``).
+
+        :raises ProviderUnavailableError: if a master does not answer (the count would be short).
+        """
+        client = self._require_cluster()
+        await self._refresh_slots(client)
+        pattern = _glob_escape(self.key_prefix) + "{*}"
+
+        async def count(node: ClusterNode) -> int:
+            cursor: Any = 0
+            total = 0
+            while True:
+                self.round_trips += 1
+                try:
+                    cursor, keys = await node.execute_command(
+                        "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT
+                    )
+                except (rexc.RedisError, OSError) as exc:
+                    self._stale = True
+                    raise self._node_unavailable(node.name, exc) from None
+                total += len(keys)
+                if int(cursor) == 0:
+                    return total
+
+        counts = await asyncio.gather(
+            *(count(node) for node in client.get_primaries()), return_exceptions=True
+        )
+        total = 0
+        for result in counts:
+            if isinstance(result, BaseException):
+                raise result
+            total += result
+        return total
