@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -395,7 +396,7 @@ class RedisSentinelProvider(RedisProvider):
             socket_connect_timeout=timeout * 0.4,
             retry=Retry(ExponentialBackoff(cap=timeout * 0.1, base=0.01), cfg.max_retries),
             client_name=cfg.client_name,
-            health_check_interval=int(-(-cfg.idle_timeout // 1)) if cfg.idle_timeout else 0,
+            health_check_interval=math.ceil(cfg.idle_timeout) if cfg.idle_timeout else 0,
             max_connections=cfg.poolsize,
             ssl=cfg.ssl,
         )
