@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import secrets
 import shutil
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as rcluster
 import tornado.escape
 import tornado.httpclient
 import tornado.web
@@ -574,5 +577,44 @@ async def test_killed_master_fails_only_its_sessions_then_recovers(
         # the survivors' sessions, the fresh one and the HTTP client's new one
         assert await bounded(m.get_active_sessions()) == http_sessions_left + len(live_sids) + 2
         await ask(m, Destroy(fresh))
+    finally:
+        await m.close()
+
+
+async def test_a_hung_master_fails_only_its_sessions_while_the_slot_map_is_refreshed(
+    private_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A master that accepts connections but never answers (SIGSTOP). The slot-map refresh
+    # after its failure must not ask it first and wait a socket timeout: that held the
+    # whole batch past provider_timeout, so the other masters' sessions failed too.
+    timeout = 4
+    victim, *survivors = private_cluster.ports
+    victim_name = f"127.0.0.1:{victim}"
+
+    def hung_node_first(nodes: list[Any]) -> None:  # the worst order redis-py's shuffle can pick
+        nodes.sort(key=lambda node: node.name != victim_name)
+
+    monkeypatch.setattr(rcluster.random, "shuffle", hung_node_first)
+    m = manager(private_cluster.nodes, "gsh:", provider_timeout=timeout)
+    await m.start()
+    try:
+        dead_sid = sid_on(m, victim)
+        live_sids = [sid_on(m, port) for port in survivors]
+        for sid in (dead_sid, *live_sids):
+            await ask(m, Release(sid, create(user="ann"), 600))
+        pid = private_cluster.procs[victim].pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(3):  # the first failure makes the map stale; then each batch refreshes it
+                provider_of(m)._next_refresh = 0.0
+                outcomes = await asyncio.wait_for(
+                    asyncio.gather(m.read(dead_sid), *(m.read(s) for s in live_sids), return_exceptions=True),
+                    timeout + 3,
+                )
+                assert isinstance(outcomes[0], ProviderUnavailableError)
+                assert outcomes[1:] == [{"user": "ann"}] * len(live_sids)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await asyncio.wait_for(m.read(dead_sid), timeout + 3) == {"user": "ann"}
     finally:
         await m.close()

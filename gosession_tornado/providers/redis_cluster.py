@@ -56,7 +56,12 @@ Failure
     has a replica that takes over). After a node failure the slot map is
     fetched again (at most once per second), so a promoted replica is found;
     a restarted node is used again as soon as it answers, and scripts it
-    forgot are loaded again (``NOSCRIPT`` retry).
+    forgot are loaded again (``NOSCRIPT`` retry). The refresh asks the node
+    that failed last only after the others and takes at most
+    0.15 x ``provider_timeout``. A node that hangs (accepts connections, never
+    answers) holds every batch that touches it for the 0.8 x ``provider_timeout``
+    socket timeout, so under load calls queued behind such a batch can time
+    out as well.
 
 ``provider_config`` forms: see :func:`parse_cluster_config`.
 """
@@ -65,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -74,7 +80,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis import exceptions as rexc
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -98,6 +104,11 @@ _WHAT = "redis_cluster provider_config"
 
 #: Seconds between two slot-map refreshes after node failures.
 _REFRESH_INTERVAL = 1.0
+#: Share of ``provider_timeout`` a slot-map refresh may take: a node that hangs (it accepts
+#: connections but never answers) must not hold the batch past ``provider_timeout``.
+_REFRESH_BUDGET = 0.15
+#: redis-py >= 5.3 can ask the node that failed last only after the others.
+_DEFERS_FAILED_NODE = "last_failed_node_name" in inspect.signature(NodesManager.initialize).parameters
 
 
 # ---------------------------------------------------------------- config
@@ -388,6 +399,8 @@ class RedisClusterProvider(RedisProvider):
         self.handover_ttl = 60
         self._stale = False
         self._next_refresh = 0.0
+        #: Name (``host:port``) of the node that failed last; asked last when refreshing the slot map.
+        self._last_failed: str | None = None
 
     # ------------------------------------------------------------ setup
 
@@ -550,8 +563,16 @@ class RedisClusterProvider(RedisProvider):
         if not self._stale or now < self._next_refresh:
             return
         self._next_refresh = now + _REFRESH_INTERVAL
+        manager = client.nodes_manager
+        failed = self._last_failed
+        kwargs: dict[str, Any] = {}
+        if failed is not None and failed in manager.startup_nodes:
+            manager.startup_nodes[failed] = manager.startup_nodes.pop(failed)  # asked last
+            if _DEFERS_FAILED_NODE:
+                kwargs["last_failed_node_name"] = failed
         try:
-            await client.nodes_manager.initialize()
+            # Bounded: a hung node must not make the whole batch miss provider_timeout.
+            await asyncio.wait_for(manager.initialize(**kwargs), _REFRESH_BUDGET * self._timeout())
             self._stale = False
         except Exception as exc:  # keep the old map; the next failure retries
             log.info("redis cluster: refreshing the slot map failed: %s", exc)
@@ -623,6 +644,7 @@ class RedisClusterProvider(RedisProvider):
                     if not isinstance(result, Exception):
                         raise result  # cancellation and the like
                     self._stale = True
+                    self._last_failed = node.name
                     error = self._node_unavailable(node.name, result)
                     for index in idx:
                         replies[index] = error
@@ -631,6 +653,7 @@ class RedisClusterProvider(RedisProvider):
                 for index, reply in zip(idx, result):
                     if isinstance(reply, (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError)):
                         self._stale = True
+                        self._last_failed = node.name
                         replies[index] = self._node_unavailable(node.name, reply)
                         failed.append(index)
                     else:
