@@ -373,6 +373,24 @@ async def test_bad_role_database_or_parameter_are_config_errors(table: str) -> N
         await m.close()
 
 
+async def test_tls_that_cannot_work_is_a_config_error_not_an_outage(
+    table: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # Was ProviderUnavailableError ("is the server up?"): a retry can never succeed.
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.postgresql/root.crt
+    configs = [dsn(table, sslmode="verify-full")]  # a root certificate that is not there
+    if (await sql("SHOW ssl"))[0][0] == "off":
+        configs.append(dsn(table, sslmode="require"))  # a server without TLS refuses the upgrade
+    for config in configs:
+        m = SessionManager("postgresql", {"provider_config": config})
+        with pytest.raises(ConfigError, match="sslmode") as info:
+            await m.start()
+        assert info.value.key == "sslmode"
+        await m.close()
+    assert len(configs) == 2, "the test server has TLS on: only verify-full was checked"
+
+
 async def test_runtime_parameters_reach_the_connection(table: str) -> None:
     async with manager(table, application_name="gs_test_app", statement_timeout=4321) as m:
         p = provider_of(m)

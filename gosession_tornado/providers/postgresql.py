@@ -57,6 +57,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import ssl
 import time
 import warnings
 import zlib
@@ -407,6 +408,14 @@ class PostgreSQLProvider(Provider):
                 f"postgresql session store at {where}: {msg}; check user, password, dbname and "
                 "parameters in provider_config",
                 key="provider_config",
+            )
+        if isinstance(exc, (asyncpg.ClientConfigurationError, ssl.SSLCertVerificationError)) or (
+            isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc)
+        ):  # sslmode=require on a server without TLS, a missing root certificate ...: not an outage
+            return ConfigError(
+                f"postgresql session store at {where}: {msg}; check sslmode and the certificates, "
+                "or use sslmode=prefer/disable for a server without TLS",
+                key="sslmode",
             )
         if (
             state[:2] in _BUSY_CLASSES
