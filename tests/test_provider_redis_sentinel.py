@@ -244,6 +244,17 @@ async def test_unknown_master_name_is_a_config_error(topology: Topology, prefix:
     await m.close()
 
 
+async def test_the_masters_address_given_as_a_sentinel_is_a_config_error(
+    topology: Topology, prefix: str
+) -> None:
+    # Was ProviderUnavailableError ("unknown command 'SENTINEL'"): a retry can never succeed.
+    m = manager(topology, prefix, provider_config=f"127.0.0.1:{topology.master_port},4,,0,{MASTER_NAME}")
+    with pytest.raises(ConfigError, match="not a Redis Sentinel") as info:
+        await m.start()
+    assert info.value.key == "sentinels"
+    await m.close()
+
+
 async def test_no_sentinel_listening_is_unavailable_not_a_hang() -> None:
     port = free_port()
     m = SessionManager({

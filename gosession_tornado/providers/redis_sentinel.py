@@ -114,6 +114,10 @@ class SentinelConfig(RedisConfig):
         return f"master {self.master_name!r} (sentinels {self.sentinel_list})"
 
 
+def _node(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _fail(key: str, message: str) -> ConfigError:
     return ConfigError(f"{_WHAT} item {key!r} {message}", key=key)
 
@@ -429,6 +433,14 @@ class RedisSentinelProvider(RedisProvider):
             try:
                 command: Any = client.execute_command
                 reply = await command("SENTINEL GET-MASTER-ADDR-BY-NAME", cfg.master_name)
+            except rexc.ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    continue
+                raise ConfigError(
+                    f"{_node(host, port)} answers but is not a Redis Sentinel ({exc}); list the "
+                    "sentinels' addresses (port 26379 by default), not the master's",
+                    key="sentinels",
+                ) from None
             except (rexc.RedisError, OSError):
                 continue
             finally:
