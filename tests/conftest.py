@@ -1,8 +1,9 @@
 """Shared fixtures: real servers, a Tornado server per test, and the contract-suite factories.
 
-Servers: :func:`require_server` checks that a loopback server answers. When it
-does not, the test **fails** under ``CI=true`` and is skipped (with a loud
-reason) elsewhere.
+Servers: :func:`require_server` (from ``tests/support.py``) checks that a
+loopback server answers. When it does not, the test **fails** under
+``CI=true`` and is skipped (with a loud reason) elsewhere; :func:`fail_or_skip`
+does the same for any other missing prerequisite (a binary, a socket).
 
 Contract suite: every module ``tests/factories/factory_<name>.py`` defines::
 
@@ -18,10 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import pathlib
 import secrets
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import ModuleType
 from typing import Any
@@ -34,43 +33,23 @@ import tornado.web
 
 from gosession_tornado import SessionManager
 
+from .support import (  # re-exported: tests import them from here
+    IN_CI,
+    MYSQL,
+    POSTGRESQL,
+    REDIS,
+    fail_or_skip,
+    free_port,
+    require_server,
+    server_answers,
+)
+
 HERE = pathlib.Path(__file__).parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-REDIS = ("redis", "127.0.0.1", int(os.environ.get("GOSESSION_REDIS_PORT", "6379")))
-MYSQL = ("mysql", "127.0.0.1", int(os.environ.get("GOSESSION_MYSQL_PORT", "3306")))
-POSTGRESQL = ("postgresql", "127.0.0.1", int(os.environ.get("GOSESSION_PG_PORT", "5432")))
-
-
-def server_answers(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True if a TCP connection to host:port succeeds."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def require_server(server: tuple[str, str, int] | None) -> None:
-    """Fail (CI) or skip loudly (elsewhere) unless *server* answers."""
-    if server is None:
-        return
-    name, host, port = server
-    if server_answers(host, port):
-        return
-    msg = f"{name} server at {host}:{port} is not reachable"
-    if IN_CI:
-        pytest.fail(f"{msg} (CI=true: servers are required; .ci/run starts them)")
-    # Loud on purpose: `pytest -rs` (the default here) lists every skip with this reason.
-    pytest.skip(f"!!! SKIPPING: {msg}: start it to run this test (under CI=true this fails)")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = [
+    "IN_CI", "MYSQL", "POSTGRESQL", "REDIS", "fail_or_skip", "free_port", "require_server",
+    "server_answers",
+]
 
 
 # ---------------------------------------------------------------- HTTP

@@ -29,8 +29,8 @@ import pytest
 import tornado.httpclient
 
 from demo_app.app import MAIN_COOKIE, PREFS_COOKIE, REMEMBER_SECONDS, SECRET_ENV
-from gosession_tornado import UnknownProviderError, lookup
-from tests.conftest import IN_CI, REDIS, free_port, require_server
+from tests.conftest import REDIS, free_port, require_server
+from tests.support import fail_or_skip, require_provider
 
 pytestmark = pytest.mark.browser
 
@@ -43,20 +43,7 @@ def require_chromium() -> str:
     path = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
     if path:
         return path
-    msg = "chromium is not installed (apt-get install chromium; scripts/test.sh does it when root)"
-    if IN_CI:
-        pytest.fail(f"{msg} (CI=true: the browser test is required)")
-    pytest.skip(f"!!! SKIPPING the browser test: {msg}")
-
-
-def require_provider(name: str) -> None:
-    try:
-        lookup(name)
-    except UnknownProviderError as exc:
-        msg = f"provider {name!r} is not available: {exc}"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(f"!!! SKIPPING: {msg}")
+    fail_or_skip("chromium is not installed (apt-get install chromium; scripts/test.sh does it when root)")
 
 
 @contextlib.asynccontextmanager

@@ -38,22 +38,12 @@ from demo_app.app import (
     main_session_config,
 )
 from gosession_tornado import UnknownProviderError, lookup
-from tests.conftest import IN_CI, REDIS, Client, free_port, require_server
+from tests.conftest import REDIS, Client, free_port, require_server
+from tests.support import require_provider
 
 ROOT = HERE.parent
 
 DemoFactory = Callable[..., Awaitable[tuple[Client, tornado.web.Application]]]
-
-
-def require_provider(name: str) -> None:
-    """Fail (CI) or skip loudly unless the built-in provider *name* can be imported."""
-    try:
-        lookup(name)
-    except UnknownProviderError as exc:
-        msg = f"provider {name!r} is not available: {exc}"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(f"!!! SKIPPING: {msg}")
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import pathlib
 import shutil
 import signal
@@ -25,31 +24,18 @@ import tempfile
 import time
 from typing import Any
 
-import pytest
+from tests.support import fail_or_skip, free_port
 
 CLIENT_SIDE = False
 #: The topology is started by the factory itself, not an external server.
 SERVER = None
 MASTER_NAME = "mymaster"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def require_redis_server_binary() -> None:
     """Fail (CI) or skip loudly (elsewhere) unless ``redis-server`` is installed."""
     if shutil.which("redis-server") is None:
-        msg = "redis-server binary not found (needed for the private sentinel topology)"
-        if IN_CI:
-            pytest.fail(f"{msg} (CI=true: servers are required)")
-        pytest.skip(f"!!! SKIPPING: {msg}: install redis-server to run this test")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        fail_or_skip("redis-server binary not found (needed for the private sentinel topology)")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -66,9 +52,9 @@ class Topology:
 
     def __init__(self, directory: pathlib.Path, sentinels: int = 1) -> None:
         self.directory = directory
-        self.master_port = _free_port()
-        self.replica_port = _free_port()
-        self.sentinel_ports = [_free_port() for _ in range(sentinels)]
+        self.master_port = free_port()
+        self.replica_port = free_port()
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         #: Port of the process :meth:`kill_master` killed (its exit is expected).
         self.killed: int | None = None

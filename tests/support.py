@@ -1,0 +1,65 @@
+"""Plain helpers shared by conftest, the factories and the tests (no fixtures here).
+
+Kept out of ``conftest.py`` so that the contract-suite factories, which
+conftest imports at collection time, can use them without a circular import.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import NoReturn
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+REDIS = ("redis", "127.0.0.1", int(os.environ.get("GOSESSION_REDIS_PORT", "6379")))
+MYSQL = ("mysql", "127.0.0.1", int(os.environ.get("GOSESSION_MYSQL_PORT", "3306")))
+POSTGRESQL = ("postgresql", "127.0.0.1", int(os.environ.get("GOSESSION_PG_PORT", "5432")))
+
+
+def fail_or_skip(msg: str) -> NoReturn:
+    """Fail under ``CI=true`` (what a test needs must be there); elsewhere skip loudly.
+
+    ``pytest -rs`` (the default here) lists every skip with its reason.
+    """
+    if IN_CI:
+        pytest.fail(f"{msg} (CI=true: required; .ci/run and scripts/test.sh provide it)")
+    pytest.skip(f"!!! SKIPPING: {msg} (under CI=true this fails)")
+
+
+def require_provider(name: str) -> None:
+    """Fail (CI) or skip loudly unless the built-in provider *name* can be imported."""
+    from gosession_tornado import UnknownProviderError, lookup
+
+    try:
+        lookup(name)
+    except UnknownProviderError as exc:
+        fail_or_skip(f"provider {name!r} is not available: {exc}")
+
+
+def server_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if a TCP connection to host:port succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(server: tuple[str, str, int] | None) -> None:
+    """Fail (CI) or skip loudly (elsewhere) unless *server* answers."""
+    if server is None:
+        return
+    name, host, port = server
+    if not server_answers(host, port):
+        fail_or_skip(f"{name} server at {host}:{port} is not reachable")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
