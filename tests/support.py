@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
+import tornado.httputil
+import tornado.web
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -63,3 +65,23 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+class _Conn:
+    """Just enough of an HTTP connection for a RequestHandler to be built."""
+
+    def set_close_callback(self, callback: Any) -> None:
+        pass
+
+
+def make_handler(cookie: str | None = None) -> tornado.web.RequestHandler:
+    """A bare ``RequestHandler`` for a ``GET /`` (with *cookie*), to call the manager without a server."""
+    headers = tornado.httputil.HTTPHeaders({"Host": "127.0.0.1"})
+    if cookie is not None:
+        headers["Cookie"] = cookie
+    request = tornado.httputil.HTTPServerRequest(
+        start_line=tornado.httputil.RequestStartLine("GET", "/", "HTTP/1.1"),
+        headers=headers,
+        connection=_Conn(),  # type: ignore[arg-type]
+    )
+    return tornado.web.RequestHandler(tornado.web.Application(), request)

@@ -15,27 +15,9 @@ import tornado.web
 from gosession_tornado import ProviderClosedError, SessionManager
 from gosession_tornado import manager as manager_module
 from gosession_tornado.providers.memory import MemoryProvider
+from tests.support import make_handler
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
-
-
-class _Conn:
-    """Just enough of an HTTP connection for a RequestHandler to be built."""
-
-    def set_close_callback(self, callback: Any) -> None:
-        pass
-
-
-def make_handler(cookie: str | None = None) -> tornado.web.RequestHandler:
-    headers = tornado.httputil.HTTPHeaders({"Host": "127.0.0.1"})
-    if cookie is not None:
-        headers["Cookie"] = cookie
-    request = tornado.httputil.HTTPServerRequest(
-        start_line=tornado.httputil.RequestStartLine("GET", "/", "HTTP/1.1"),
-        headers=headers,
-        connection=_Conn(),  # type: ignore[arg-type]
-    )
-    return tornado.web.RequestHandler(tornado.web.Application(), request)
 
 
 def set_cookies(handler: tornado.web.RequestHandler) -> list[str]:

@@ -6,34 +6,14 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
-import tornado.httputil
-import tornado.web
 
 from gosession_tornado import Changes, Session, SessionManager, register, unregister
 from gosession_tornado.provider import Message, Release
 from gosession_tornado.providers.memory import MemoryProvider
 from gosession_tornado.session import META_KEY
+from tests.support import make_handler
 
 SID = "0123456789abcdef" * 2
-
-
-class _Conn:
-    """Just enough of an HTTP connection for a RequestHandler to be built."""
-
-    def set_close_callback(self, callback: Any) -> None:
-        pass
-
-
-def make_handler(cookie: str | None = None) -> tornado.web.RequestHandler:
-    headers = tornado.httputil.HTTPHeaders({"Host": "127.0.0.1"})
-    if cookie is not None:
-        headers["Cookie"] = cookie
-    request = tornado.httputil.HTTPServerRequest(
-        start_line=tornado.httputil.RequestStartLine("GET", "/", "HTTP/1.1"),
-        headers=headers,
-        connection=_Conn(),  # type: ignore[arg-type]
-    )
-    return tornado.web.RequestHandler(tornado.web.Application(), request)
 
 
 class RecordingMemory(MemoryProvider):
