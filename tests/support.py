@@ -14,6 +14,8 @@ import pytest
 import tornado.httputil
 import tornado.web
 
+from gosession_tornado.provider import Changes, Provider
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 REDIS = ("redis", "127.0.0.1", int(os.environ.get("GOSESSION_REDIS_PORT", "6379")))
@@ -85,3 +87,37 @@ def make_handler(cookie: str | None = None) -> tornado.web.RequestHandler:
         connection=_Conn(),  # type: ignore[arg-type]
     )
     return tornado.web.RequestHandler(tornado.web.Application(), request)
+
+
+class DictStore(Provider):
+    """The smallest complete provider: sessions in a dict (for tests of the machinery)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data: dict[str, dict[Any, Any]] = {}
+
+    async def session_init(self, max_lifetime: int, config: Any) -> None:
+        pass
+
+    async def session_read(self, sid: str) -> dict[Any, Any] | None:
+        return self.data.get(sid)
+
+    async def session_exist(self, sid: str) -> bool:
+        return sid in self.data
+
+    async def session_regenerate(self, old_sid: str, sid: str) -> dict[Any, Any]:
+        self.data[sid] = self.data.pop(old_sid, {})
+        return dict(self.data[sid])
+
+    async def session_destroy(self, sid: str) -> None:
+        self.data.pop(sid, None)
+
+    async def session_all(self) -> int:
+        return len(self.data)
+
+    async def session_gc(self) -> None:
+        pass
+
+    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
+        if sid in self.data or changes.create:
+            changes.apply(self.data.setdefault(sid, {}))

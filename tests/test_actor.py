@@ -11,7 +11,6 @@ import pytest
 
 from gosession_tornado import (
     Changes,
-    Provider,
     ProviderClosedError,
     ProviderUnavailableError,
     SessionManager,
@@ -20,6 +19,7 @@ from gosession_tornado import (
 )
 from gosession_tornado.actor import ActorRef
 from gosession_tornado.provider import GC, All, Destroy, Exist, Message, Read, Release
+from tests.support import DictStore
 
 SID = "a" * 32
 
@@ -28,7 +28,7 @@ class BoomError(Exception):
     """Raised by the test providers on purpose."""
 
 
-class DictProvider(Provider):
+class DictProvider(DictStore):
     """A dict store that records which task called it and how big each batch was.
 
     ``read("fail…")`` raises :class:`BoomError`; ``read("block…")`` waits on
@@ -72,23 +72,10 @@ class DictProvider(Provider):
             await self.gate.wait()
         return self.data.get(sid)
 
-    async def session_exist(self, sid: str) -> bool:
-        return sid in self.data
-
-    async def session_regenerate(self, old_sid: str, sid: str) -> dict[Any, Any]:
-        self.data[sid] = self.data.pop(old_sid, {})
-        return dict(self.data[sid])
-
     async def session_destroy(self, sid: str) -> None:
         if sid.startswith("fail"):
             raise BoomError(f"destroy of {sid} failed")
         self.data.pop(sid, None)
-
-    async def session_all(self) -> int:
-        return len(self.data)
-
-    async def session_gc(self) -> None:
-        pass
 
     async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
         self.tasks.add(asyncio.current_task())

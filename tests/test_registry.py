@@ -14,7 +14,6 @@ import pytest
 
 import gosession_tornado
 from gosession_tornado import (
-    Changes,
     ConfigError,
     DuplicateProviderError,
     Provider,
@@ -28,43 +27,14 @@ from gosession_tornado import (
     unregister,
 )
 from gosession_tornado.providers.memory import MemoryProvider
+from tests.support import DictStore
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 OPTIONAL_CLIENTS = ("redis", "hiredis", "aiomysql", "pymysql", "asyncpg")
 
 
-class OwnProvider(Provider):
+class OwnProvider(DictStore):
     """A minimal user provider (a dict)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data: dict[str, dict[Any, Any]] = {}
-
-    async def session_init(self, max_lifetime: int, config: Any) -> None:
-        pass
-
-    async def session_read(self, sid: str) -> dict[Any, Any] | None:
-        return self.data.get(sid)
-
-    async def session_exist(self, sid: str) -> bool:
-        return sid in self.data
-
-    async def session_regenerate(self, old_sid: str, sid: str) -> dict[Any, Any]:
-        self.data[sid] = self.data.pop(old_sid, {})
-        return dict(self.data[sid])
-
-    async def session_destroy(self, sid: str) -> None:
-        self.data.pop(sid, None)
-
-    async def session_all(self) -> int:
-        return len(self.data)
-
-    async def session_gc(self) -> None:
-        pass
-
-    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
-        if sid in self.data or changes.create:
-            changes.apply(self.data.setdefault(sid, {}))
 
 
 @pytest.fixture
@@ -264,7 +234,7 @@ def test_planned_builtin_not_in_this_version_says_so() -> None:
 
 
 def test_register_refuses_a_provider_missing_verbs() -> None:
-    from gosession_tornado import ConfigError, Provider
+    from gosession_tornado import ConfigError
 
     class Half(Provider):
         async def session_init(self, max_lifetime: int, config: Any) -> None:
