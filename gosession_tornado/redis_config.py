@@ -52,6 +52,8 @@ from .errors import ConfigError
 __all__ = [
     "RedisConfig",
     "parse_redis_config",
+    "config_source",
+    "is_url",
     "parse_addr",
     "parse_duration",
     "DEFAULT_HOST",
@@ -362,26 +364,51 @@ def parse_redis_config(config: Any) -> RedisConfig:
     """
     if config is None:
         return RedisConfig()
+    source = config_source(config, _WHAT, '"addr,poolsize,password,...", JSON or a redis:// URL')
+    if not isinstance(source, str):
+        return _from_mapping(source)
+    if is_url(source):
+        return _from_url(source)
+    return _from_comma(source)
+
+
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def config_source(config: Any, what: str, forms: str) -> Mapping[Any, Any] | str:
+    """Sort a (non-``None``) ``provider_config`` into the mapping it holds or its string form.
+
+    Shared by the ``redis``, ``redis_cluster`` and ``redis_sentinel`` parsers.
+    A mapping is returned as it is, a string holding a JSON object as the
+    decoded ``dict``; any other string comes back stripped, for the caller's
+    URL form (see :func:`is_url`) or comma form. *what* names the config in
+    messages (``"redis provider_config"``), *forms* lists its string forms.
+
+    :raises ConfigError: (``key="provider_config"``) for another type, invalid
+        JSON, or JSON that is not an object.
+    """
     if isinstance(config, Mapping):
-        return _from_mapping(config)
+        return config
     if not isinstance(config, str):
         raise ConfigError(
-            f"{_WHAT} must be a string (\"addr,poolsize,password,...\", JSON or a redis:// URL) "
-            f"or a dict, got {type(config).__name__}",
+            f"{what} must be a string ({forms}) or a dict, got {type(config).__name__}",
             key="provider_config",
         )
     text = config.strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{_WHAT} is not valid JSON: {exc}", key="provider_config") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{_WHAT} JSON must be an object", key="provider_config")
-        return _from_mapping(data)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
-        return _from_url(text)
-    return _from_comma(text)
+    if not text.startswith("{"):
+        return text
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} is not valid JSON: {exc}", key="provider_config") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} JSON must be an object", key="provider_config")
+    return data
+
+
+def is_url(text: str) -> bool:
+    """Whether *text* starts with a ``scheme://`` (any scheme): the URL form of a config."""
+    return _URL_SCHEME.match(text) is not None
 
 
 #: Positions of beego's comma form.

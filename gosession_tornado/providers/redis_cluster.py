@@ -71,7 +71,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import json
 import logging
 import math
 import re
@@ -91,6 +90,8 @@ from ..redis_config import (
     DEFAULT_PORT,
     RedisConfig,
     _from_mapping,
+    config_source,
+    is_url,
     parse_addr,
     parse_redis_config,
 )
@@ -296,29 +297,15 @@ def parse_cluster_config(config: Any) -> ClusterConfig:
     """
     if config is None:
         return ClusterConfig()
-    if isinstance(config, Mapping):
-        return _from_mapping_form(config)
-    if not isinstance(config, str):
-        raise ConfigError(
-            f"{_WHAT} must be a string (\"host:port;host:port,poolsize,password\", "
-            f"redis:// URLs or JSON) or a dict, got {type(config).__name__}",
-            key="provider_config",
-        )
-    text = config.strip()
-    if not text:
+    source = config_source(config, _WHAT, '"host:port;host:port,poolsize,password", redis:// URLs or JSON')
+    if not isinstance(source, str):
+        return _from_mapping_form(source)
+    if not source:
         return ClusterConfig()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{_WHAT} is not valid JSON: {exc}", key="provider_config") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{_WHAT} JSON must be an object", key="provider_config")
-        return _from_mapping_form(data)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
-        nodes, options = _from_urls(text)
+    if is_url(source):
+        nodes, options = _from_urls(source)
         return _check(options, nodes)
-    return _from_comma_form(text)
+    return _from_comma_form(source)
 
 
 # ---------------------------------------------------------------- scripts (EVAL: used rarely)

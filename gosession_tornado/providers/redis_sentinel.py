@@ -53,7 +53,6 @@ differs:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -68,7 +67,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 
 from ..errors import ConfigError, ProviderUnavailableError
 from ..redis_config import _ALIASES as _REDIS_ALIASES
-from ..redis_config import RedisConfig, parse_addr, parse_redis_config
+from ..redis_config import RedisConfig, config_source, is_url, parse_addr, parse_redis_config
 from .redis import RedisProvider
 
 __all__ = [
@@ -323,26 +322,16 @@ def parse_sentinel_config(config: Any) -> SentinelConfig:
     """
     if config is None:
         return SentinelConfig()
-    if isinstance(config, Mapping):
-        return _from_mapping(config)
-    if not isinstance(config, str):
-        raise ConfigError(
-            f"{_WHAT} must be a string (\"h1:26379;h2:26379,poolsize,password,dbnum,master_name\", "
-            f"JSON or a redis+sentinel:// URL) or a dict, got {type(config).__name__}",
-            key="provider_config",
-        )
-    text = config.strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{_WHAT} is not valid JSON: {exc}", key="provider_config") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{_WHAT} JSON must be an object", key="provider_config")
-        return _from_mapping(data)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
-        return _from_mapping({"url": text})
-    return _from_comma(text)
+    source = config_source(
+        config,
+        _WHAT,
+        '"h1:26379;h2:26379,poolsize,password,dbnum,master_name", JSON or a redis+sentinel:// URL',
+    )
+    if not isinstance(source, str):
+        return _from_mapping(source)
+    if is_url(source):
+        return _from_mapping({"url": source})
+    return _from_comma(source)
 
 
 class RedisSentinelProvider(RedisProvider):
