@@ -51,62 +51,37 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
 import math
-import re
 import ssl
 import time
-import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import aiomysql
 import pymysql
 from pymysql.constants import CLIENT
 
-from .. import codec
 from ..dsn import MySQLSettings, parse_mysql_config
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
-from ..provider import (
-    Changes,
-    Close,
-    Destroy,
-    Exist,
-    Init,
-    Message,
-    Provider,
-    Read,
-    Release,
-    SessionData,
-)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import ManagerConfig
+from ._sql import GC_CHUNK, SQLBatchProvider, WriteRow, refresh_step
 
 __all__ = ["MySQLProvider", "MEDIUMBLOB_MAX"]
 
 log = logging.getLogger("gosession_tornado.mysql")
-
-_T = TypeVar("_T")
 
 #: Largest value a MEDIUMBLOB holds, in bytes.
 MEDIUMBLOB_MAX = 2**24 - 1
 _BLOB_TYPES = {"tinyblob", "blob", "mediumblob", "longblob", "varbinary", "binary"}
 _KEY_TYPES = {"char", "varchar", "binary", "varbinary"}
 _INT_TYPES = {"int", "bigint", "mediumint"}
-_SID_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 _EXPIRY_MAX = 2**32 - 1
-#: Rows one GC statement deletes at most.
-_GC_CHUNK = 5000
 
 # MySQL/MariaDB error codes.
 _ER_DUP_ENTRY = 1062
 _ER_LOCK_WAIT_TIMEOUT = 1205
 _ER_LOCK_DEADLOCK = 1213
-#: Retried (the whole operation, on a fresh connection) this many times at most.
-_CONFLICT_RETRIES = 3
 #: The configuration is at fault: access denied, unknown database, bad variable.
 _CONFIG_CODES = frozenset({1044, 1045, 1049, 1142, 1193, 1227, 1231, 1232, 1698})
 #: The server is there but cannot serve now (too many connections, shutdown, killed, lock waits).
@@ -136,30 +111,11 @@ def _expiry_at(now: float, lifetime: int) -> int:
     return min(max(math.floor(now + lifetime), 0), _EXPIRY_MAX)
 
 
-def _refresh_step(lifetime: int) -> int:
-    """Seconds a read must gain on the stored expiry before it is written (throttles refreshes)."""
-    return max(1, lifetime // 60)
-
-
 def _placeholders(n: int) -> str:
     return ", ".join(["%s"] * n)
 
 
-@dataclasses.dataclass
-class _Row:
-    """A session row as a release transaction sees it."""
-
-    in_table: bool
-    live: bool = False
-    data: dict[Any, Any] = dataclasses.field(default_factory=dict)
-    lifetime: int = 0
-    blob: bytes | None = None
-    touched: bool = False
-    dirty: bool = False
-    members: list[int] = dataclasses.field(default_factory=list)
-
-
-class MySQLProvider(Provider):
+class MySQLProvider(SQLBatchProvider):
     """Sessions in a MySQL/MariaDB table shared by every process that uses it.
 
     Construct it through a :class:`~gosession_tornado.SessionManager` with
@@ -167,6 +123,11 @@ class MySQLProvider(Provider):
     """
 
     extra = "mysql"
+    dialect = "mysql"
+    payload_limit = "mysql session table (column size / max_allowed_packet)"
+    key_column = "session_key CHAR(64), as beego"
+    _log = log
+    _driver_errors = (pymysql.err.MySQLError, OSError)
 
     def __init__(self) -> None:
         super().__init__()
@@ -186,14 +147,9 @@ class MySQLProvider(Provider):
 
     # ------------------------------------------------------------ setup
 
-    @classmethod
-    def configure_manager(cls, config: ManagerConfig) -> ManagerConfig:
-        """Parse ``provider_config`` at once, so a bad DSN fails in ``SessionManager(...)``.
-
-        :raises ConfigError: for a malformed DSN, URL or dict.
-        """
-        parse_mysql_config(config.provider_config)
-        return config
+    @staticmethod
+    def _parse_config(config: Any) -> MySQLSettings:
+        return parse_mysql_config(config)
 
     async def session_init(self, max_lifetime: int, config: Any) -> None:
         """Parse *config*, open the pool, create or check the table.
@@ -205,9 +161,7 @@ class MySQLProvider(Provider):
         """
         self.max_lifetime = max_lifetime
         settings = parse_mysql_config(config)
-        mc = self.manager_config
-        timeout = getattr(mc, "provider_timeout", None)
-        self._timeout = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 5.0
+        self._take_timeout()
         self.settings = settings
         self._table = f"`{settings.table}`"
         try:
@@ -230,38 +184,10 @@ class MySQLProvider(Provider):
             raise self._translate(exc) from exc
         try:
             await self._run(self._setup_table)
-            if mc is not None:
-                longest = len(mc.session_id_prefix) + 2 * mc.session_id_length
-                if longest > self.max_sid_length:
-                    raise ConfigError(
-                        f"session ids of this manager can be {longest} characters long, but the mysql "
-                        f"table {settings.table!r} stores at most {self.max_sid_length} "
-                        "(session_key CHAR(64), as beego); lower session_id_length "
-                        f"(at most {(self.max_sid_length - len(mc.session_id_prefix)) // 2}) "
-                        "or shorten session_id_prefix",
-                        key="session_id_length",
-                    )
+            self._check_sid_length(settings.table)
         except BaseException:
             await self._close_pool()
             raise
-
-    def _connect_timeout(self, settings: MySQLSettings) -> float:
-        """Connect timeout in seconds: the configured one, kept below ``provider_timeout``."""
-        limit = self._timeout
-        default = max(0.05, limit * 0.5)
-        wanted = settings.connect_timeout
-        if not wanted:  # None or 0 (Go: no timeout) -> ours
-            return default
-        if wanted >= limit:
-            capped = max(0.05, limit * 0.8)
-            warnings.warn(
-                f"mysql connect timeout {wanted:g} s is not below provider_timeout {limit:g} s; "
-                f"using {capped:g} s (raise provider_timeout to allow more)",
-                UserWarning,
-                stacklevel=2,
-            )
-            return capped
-        return wanted
 
     @staticmethod
     def _ssl_context(mode: str) -> ssl.SSLContext | None:
@@ -338,9 +264,6 @@ class MySQLProvider(Provider):
         )
         return {str(r[0]).lower(): (str(r[1]).lower(), int(r[2] or 0)) for r in rows}
 
-    async def session_close(self) -> None:
-        await self._close_pool()
-
     async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
         if pool is None:
@@ -410,30 +333,16 @@ class MySQLProvider(Provider):
         self.statements["commit"] += 1
         await conn.commit()
 
-    async def _run(self, op: Callable[[Any], Awaitable[_T]]) -> _T:
-        """Run *op* on a pooled connection, retrying deadlocks, key races and lost connections.
+    def _is_conflict(self, exc: BaseException) -> bool:
+        return _code(exc) in (_ER_LOCK_DEADLOCK, _ER_DUP_ENTRY)
 
-        *op* must be safe to repeat from the start (each attempt is a fresh
-        transaction on a fresh connection).
-        """
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with self._connection() as conn:
-                    return await op(conn)
-            except (pymysql.err.MySQLError, OSError) as exc:
-                code = _code(exc)
-                if code in (_ER_LOCK_DEADLOCK, _ER_DUP_ENTRY) and attempt <= _CONFLICT_RETRIES:
-                    log.debug("mysql: %s, retrying", _message(exc))
-                    continue
-                lost = code in _LOST_CODES and isinstance(
-                    exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)
-                )
-                if lost and attempt == 1:
-                    log.debug("mysql: connection lost (%s), retrying on a fresh one", _message(exc))
-                    continue
-                raise self._translate(exc) from exc
+    def _is_lost(self, exc: BaseException) -> bool:
+        return _code(exc) in _LOST_CODES and isinstance(
+            exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+        )
+
+    def _describe(self, exc: BaseException) -> str:
+        return _message(exc)
 
     def _translate(self, exc: BaseException) -> SessionError:
         where = self.settings.where if self.settings else "?"
@@ -457,67 +366,35 @@ class MySQLProvider(Provider):
             )
         return SessionError(f"mysql session store at {where} failed: {msg}")
 
-    def _storable(self, sid: str) -> bool:
-        return len(sid) <= self.max_sid_length and _SID_RE.match(sid) is not None
+    # ------------------------------------------------------------ statements
 
-    def _decode(self, sid: str, blob: bytes | None) -> tuple[dict[Any, Any], int] | None:
-        """``(data, lifetime)`` from a stored row, or ``None`` (logged) if it is not ours/corrupt."""
-        try:
-            record = codec.decode(bytes(blob or b""))
-            data = record["data"]
-            lifetime = record.get("lifetime", self.max_lifetime)
-            if not isinstance(data, dict) or isinstance(lifetime, bool) or not isinstance(lifetime, int):
-                raise ValueError("unexpected record layout")
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            log.warning("mysql session %s…: undecodable session_data treated as missing: %s", sid[:8], exc)
-            return None
-        return data, lifetime
-
-    def _encode(self, data: dict[Any, Any], lifetime: int) -> bytes:
-        blob = codec.encode({"data": data, "lifetime": lifetime})
-        if len(blob) > self.max_payload:
-            raise SessionError(
-                f"encoded session is {len(blob)} bytes, over the {self.max_payload}-byte limit of the "
-                "mysql session table (column size / max_allowed_packet); store less in the session"
-            )
-        return blob
-
-    # ------------------------------------------------------------ batched operations
-
-    async def _lookup(self, sids: Sequence[str], refresh: set[str]) -> dict[str, tuple[bytes, int]]:
-        """Live rows of *sids* as ``{sid: (session_data, lifetime)}`` in one SELECT.
+    async def _lookup_rows(self, conn: Any, keys: list[str], refresh: set[str]) -> dict[str, bytes]:
+        """Live, decodable rows of *keys* as ``{sid: session_data}`` in one SELECT.
 
         Rows of sids in *refresh* get their expiry moved to now + lifetime, in
         one UPDATE that leaves rows alone whose expiry changed meanwhile.
         """
-        keys = sorted({s for s in sids if self._storable(s)})
-        if not keys:
-            return {}
-
-        async def op(conn: Any) -> dict[str, tuple[bytes, int]]:
-            now = time.time()
-            _, rows = await self._query(
-                conn,
-                f"SELECT session_key, session_data, session_expiry FROM {self._table} "
-                f"WHERE session_key IN ({_placeholders(len(keys))}) AND session_expiry > %s",
-                [*keys, now],
-            )
-            found: dict[str, tuple[bytes, int]] = {}
-            bumps: list[tuple[str, int, int]] = []
-            for key, blob, expiry in rows:
-                decoded = self._decode(key, blob)
-                if decoded is None:
-                    continue
-                lifetime = decoded[1]
-                found[key] = (bytes(blob), lifetime)
-                new = _expiry_at(now, lifetime)
-                if key in refresh and new - int(expiry) >= _refresh_step(lifetime):
-                    bumps.append((key, int(expiry), new))
-            if bumps:
-                await self._refresh(conn, bumps)
-            return found
-
-        return await self._run(op)
+        now = time.time()
+        _, rows = await self._query(
+            conn,
+            f"SELECT session_key, session_data, session_expiry FROM {self._table} "
+            f"WHERE session_key IN ({_placeholders(len(keys))}) AND session_expiry > %s",
+            [*keys, now],
+        )
+        found: dict[str, bytes] = {}
+        bumps: list[tuple[str, int, int]] = []
+        for key, blob, expiry in rows:
+            decoded = self._decode(key, blob)
+            if decoded is None:
+                continue
+            lifetime = decoded[1]
+            found[key] = bytes(blob)
+            new = _expiry_at(now, lifetime)
+            if key in refresh and new - int(expiry) >= refresh_step(lifetime):
+                bumps.append((key, int(expiry), new))
+        if bumps:
+            await self._refresh(conn, bumps)
+        return found
 
     async def _refresh(self, conn: Any, bumps: list[tuple[str, int, int]]) -> None:
         when_new = " ".join(["WHEN %s THEN %s"] * len(bumps))
@@ -541,91 +418,40 @@ class MySQLProvider(Provider):
             # Someone holds the row; their write sets a fresh expiry anyway.
             log.debug("mysql: expiry refresh skipped: %s", _message(exc))
 
-    async def _release_many(self, items: Sequence[Release]) -> list[Any]:
-        """Apply every release in one transaction; one outcome (None or exception) per item."""
-        keys = sorted({m.sid for m in items if self._storable(m.sid)})
+    async def _lock_rows(self, conn: Any, keys: list[str], now: float) -> list[tuple[str, Any, bool]]:
+        _, rows = await self._query(
+            conn,
+            f"SELECT session_key, session_data, session_expiry FROM {self._table} "
+            f"WHERE session_key IN ({_placeholders(len(keys))}) FOR UPDATE",
+            keys,
+        )
+        return [(key, blob, int(expiry) > now) for key, blob, expiry in rows]
 
-        async def op(conn: Any) -> list[Any]:
-            outcomes: list[Any] = [None] * len(items)
-            for i, m in enumerate(items):
-                if not self._storable(m.sid):
-                    outcomes[i] = SessionError(
-                        f"session id of {len(m.sid)} characters cannot be stored in the mysql table "
-                        f"(at most {self.max_sid_length} of [A-Za-z0-9_-])"
-                    )
-            if not keys:
-                return outcomes
-            await self._begin(conn)
-            now = time.time()
-            _, rows = await self._query(
+    async def _write_rows(
+        self, conn: Any, updates: list[WriteRow], inserts: list[WriteRow], now: float
+    ) -> None:
+        for chunk in self._chunks([(k, b, _expiry_at(now, lt)) for k, b, lt in updates]):
+            when = " ".join(["WHEN %s THEN %s"] * len(chunk))
+            args: list[Any] = []
+            for key, blob, _ in chunk:
+                args += [key, blob]
+            for key, _, expiry in chunk:
+                args += [key, expiry]
+            args += [key for key, _, _ in chunk]
+            await self._query(
                 conn,
-                f"SELECT session_key, session_data, session_expiry FROM {self._table} "
-                f"WHERE session_key IN ({_placeholders(len(keys))}) FOR UPDATE",
-                keys,
+                f"UPDATE {self._table} SET session_data = CASE session_key {when} END, "
+                f"session_expiry = CASE session_key {when} END "
+                f"WHERE session_key IN ({_placeholders(len(chunk))})",
+                args,
             )
-            state = {key: _Row(in_table=False) for key in keys}
-            for key, blob, expiry in rows:
-                row = state[key] = _Row(in_table=True)
-                if int(expiry) > now:
-                    decoded = self._decode(key, blob)
-                    if decoded is not None:
-                        row.live = True
-                        row.data, row.lifetime = decoded
-                        row.blob = bytes(blob)
-            for i, m in enumerate(items):
-                if outcomes[i] is not None:
-                    continue
-                row = state[m.sid]
-                if not row.live:
-                    if not m.changes.create:
-                        continue  # destroyed or expired meanwhile: do not resurrect
-                    row.live, row.data, row.dirty = True, {}, True
-                if not m.changes.empty:
-                    m.changes.apply(row.data)
-                    row.dirty = True
-                if m.expiry != row.lifetime:
-                    row.lifetime = m.expiry
-                    row.dirty = True
-                row.touched = True
-                row.members.append(i)
-            updates: list[tuple[str, bytes, int]] = []
-            inserts: list[tuple[str, bytes, int]] = []
-            for key, row in state.items():
-                if not row.touched:
-                    continue
-                try:
-                    blob = self._encode(row.data, row.lifetime) if row.dirty or row.blob is None else row.blob
-                except (TypeError, SessionError) as exc:
-                    for i in row.members:
-                        outcomes[i] = exc
-                    continue
-                (updates if row.in_table else inserts).append((key, blob, _expiry_at(now, row.lifetime)))
-            for chunk in self._chunks(updates):
-                when = " ".join(["WHEN %s THEN %s"] * len(chunk))
-                args: list[Any] = []
-                for key, blob, _ in chunk:
-                    args += [key, blob]
-                for key, _, expiry in chunk:
-                    args += [key, expiry]
-                args += [key for key, _, _ in chunk]
-                await self._query(
-                    conn,
-                    f"UPDATE {self._table} SET session_data = CASE session_key {when} END, "
-                    f"session_expiry = CASE session_key {when} END "
-                    f"WHERE session_key IN ({_placeholders(len(chunk))})",
-                    args,
-                )
-            for chunk in self._chunks(inserts):
-                await self._query(
-                    conn,
-                    f"INSERT INTO {self._table} (session_key, session_data, session_expiry) VALUES "
-                    + ", ".join(["(%s, %s, %s)"] * len(chunk)),
-                    [v for row3 in chunk for v in row3],
-                )
-            await self._commit(conn)
-            return outcomes
-
-        return await self._run(op)
+        for chunk in self._chunks([(k, b, _expiry_at(now, lt)) for k, b, lt in inserts]):
+            await self._query(
+                conn,
+                f"INSERT INTO {self._table} (session_key, session_data, session_expiry) VALUES "
+                + ", ".join(["(%s, %s, %s)"] * len(chunk)),
+                [v for row3 in chunk for v in row3],
+            )
 
     def _chunks(self, rows: list[tuple[str, bytes, int]]) -> list[list[tuple[str, bytes, int]]]:
         """Split rows so that no statement exceeds the packet budget (a large row goes alone)."""
@@ -643,200 +469,44 @@ class MySQLProvider(Provider):
             chunks.append(current)
         return chunks
 
-    async def _destroy_many(self, sids: Sequence[str]) -> None:
-        keys = sorted({s for s in sids if self._storable(s)})
-        if not keys:
-            return
+    async def _delete_rows(self, conn: Any, keys: list[str]) -> None:
+        await self._query(
+            conn,
+            f"DELETE FROM {self._table} WHERE session_key IN ({_placeholders(len(keys))})",
+            keys,
+        )
 
-        async def op(conn: Any) -> None:
+    async def _delete_one(self, conn: Any, sid: str) -> None:
+        await self._query(conn, f"DELETE FROM {self._table} WHERE session_key = %s", [sid])
+
+    async def _put_one(
+        self, conn: Any, sid: str, blob: bytes, lifetime: int, exists: bool, now: float
+    ) -> None:
+        expiry = _expiry_at(now, lifetime)
+        if exists:
             await self._query(
                 conn,
-                f"DELETE FROM {self._table} WHERE session_key IN ({_placeholders(len(keys))})",
-                keys,
+                f"UPDATE {self._table} SET session_data = %s, session_expiry = %s WHERE session_key = %s",
+                [blob, expiry, sid],
             )
-
-        await self._run(op)
-
-    # ------------------------------------------------------------ beego's verbs
-
-    async def session_read(self, sid: str) -> SessionData | None:
-        found = await self._lookup([sid], {sid})
-        row = found.get(sid)
-        if row is None:
-            return None
-        decoded = self._decode(sid, row[0])
-        return None if decoded is None else decoded[0]
-
-    async def session_exist(self, sid: str) -> bool:
-        return sid in await self._lookup([sid], set())
-
-    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
-        outcome = (await self._release_many([Release(sid, changes, expiry)]))[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-
-    async def session_destroy(self, sid: str) -> None:
-        await self._destroy_many([sid])
-
-    async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
-        if not self._storable(sid):
-            raise SessionError(
-                f"session id of {len(sid)} characters cannot be stored in the mysql table "
-                f"(at most {self.max_sid_length} of [A-Za-z0-9_-])"
-            )
-        keys = sorted({k for k in (old_sid, sid) if self._storable(k)})
-
-        async def op(conn: Any) -> SessionData:
-            await self._begin(conn)
-            now = time.time()
-            _, rows = await self._query(
+        else:
+            await self._query(
                 conn,
-                f"SELECT session_key, session_data, session_expiry FROM {self._table} "
-                f"WHERE session_key IN ({_placeholders(len(keys))}) FOR UPDATE",
-                keys,
+                f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
+                "VALUES (%s, %s, %s)",
+                [sid, blob, expiry],
             )
-            live: dict[str, tuple[bytes, dict[Any, Any], int]] = {}
-            present = set()
-            for key, blob, expiry in rows:
-                present.add(key)
-                if int(expiry) > now:
-                    decoded = self._decode(key, blob)
-                    if decoded is not None:
-                        live[key] = (bytes(blob), *decoded)
-            if old_sid in live:
-                blob, data, lifetime = live[old_sid]
-            elif sid in live:  # a retry after the first attempt committed: already moved
-                await self._commit(conn)
-                return live[sid][1]
-            else:
-                data, lifetime = {}, self.max_lifetime
-                blob = self._encode(data, lifetime)
-            if old_sid in present and old_sid != sid:
-                await self._query(conn, f"DELETE FROM {self._table} WHERE session_key = %s", [old_sid])
-            expiry = _expiry_at(now, lifetime)
-            if sid in present:
-                await self._query(
-                    conn,
-                    f"UPDATE {self._table} SET session_data = %s, session_expiry = %s WHERE session_key = %s",
-                    [blob, expiry, sid],
-                )
-            else:
-                await self._query(
-                    conn,
-                    f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
-                    "VALUES (%s, %s, %s)",
-                    [sid, blob, expiry],
-                )
-            await self._commit(conn)
-            return data
 
-        return await self._run(op)
+    async def _count_live(self, conn: Any) -> int:
+        _, rows = await self._query(
+            conn, f"SELECT COUNT(*) FROM {self._table} WHERE session_expiry > %s", [time.time()]
+        )
+        return int(rows[0][0])
 
-    async def session_all(self) -> int:
-        async def op(conn: Any) -> int:
-            _, rows = await self._query(
-                conn, f"SELECT COUNT(*) FROM {self._table} WHERE session_expiry > %s", [time.time()]
-            )
-            return int(rows[0][0])
-
-        return await self._run(op)
-
-    async def session_gc(self) -> None:
-        """Delete expired rows, in chunks of 5000, for at most half of ``provider_timeout``.
-
-        Whatever is left goes in the next pass; expired rows are never served meanwhile.
-        """
-        deadline = time.monotonic() + self._timeout / 2
-
-        async def op(conn: Any) -> int:
-            deleted, _ = await self._query(
-                conn,
-                f"DELETE FROM {self._table} WHERE session_expiry <= %s LIMIT {_GC_CHUNK}",
-                [time.time()],
-            )
-            return deleted
-
-        while await self._run(op) >= _GC_CHUNK and time.monotonic() < deadline:
-            pass
-
-    # ------------------------------------------------------------ batching
-
-    async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
-        """Turn a drained mailbox into few statements.
-
-        Reads and existence checks share one ``SELECT … IN (…)`` (and one expiry
-        ``UPDATE``), releases one transaction, destroys one ``DELETE … IN (…)``;
-        the groups run concurrently on separate pooled connections (messages in
-        one batch are concurrent, so any order is a valid one). Other messages
-        run one by one. Each message gets its own outcome.
-        """
-        if self._pool is None or any(isinstance(m, (Init, Close)) for m in messages):
-            return await super().handle_batch(messages)
-        results: list[Any] = [None] * len(messages)
-        lookups: list[int] = []
-        releases: list[int] = []
-        destroys: list[int] = []
-        others: list[int] = []
-        for i, m in enumerate(messages):
-            if isinstance(m, (Read, Exist)):
-                lookups.append(i)
-            elif isinstance(m, Release):
-                releases.append(i)
-            elif isinstance(m, Destroy):
-                destroys.append(i)
-            else:
-                others.append(i)
-
-        async def do_lookups() -> None:
-            reads = {m.sid for i in lookups if isinstance(m := messages[i], Read)}
-            sids = [m.sid for i in lookups if isinstance(m := messages[i], (Read, Exist))]
-            try:
-                found = await self._lookup(sids, reads)
-            except Exception as exc:
-                for i in lookups:
-                    results[i] = exc
-                return
-            for i in lookups:
-                m = messages[i]
-                if isinstance(m, Exist):
-                    results[i] = m.sid in found
-                elif isinstance(m, Read):
-                    row = found.get(m.sid)
-                    decoded = None if row is None else self._decode(m.sid, row[0])
-                    results[i] = None if decoded is None else decoded[0]
-
-        async def do_releases() -> None:
-            items = [m for i in releases if isinstance(m := messages[i], Release)]
-            try:
-                outcomes = await self._release_many(items)
-            except Exception as exc:
-                outcomes = [exc] * len(items)
-            for i, outcome in zip(releases, outcomes):
-                results[i] = outcome
-
-        async def do_destroys() -> None:
-            sids = [m.sid for i in destroys if isinstance(m := messages[i], Destroy)]
-            try:
-                await self._destroy_many(sids)
-            except Exception as exc:
-                for i in destroys:
-                    results[i] = exc
-
-        async def do_others() -> None:
-            for i in others:
-                try:
-                    results[i] = await self.dispatch(messages[i])
-                except Exception as exc:
-                    results[i] = exc
-
-        jobs: list[Awaitable[None]] = []
-        if lookups:
-            jobs.append(do_lookups())
-        if releases:
-            jobs.append(do_releases())
-        if destroys:
-            jobs.append(do_destroys())
-        if others:
-            jobs.append(do_others())
-        await asyncio.gather(*jobs)
-        return results
+    async def _gc_chunk(self, conn: Any) -> int:
+        deleted, _ = await self._query(
+            conn,
+            f"DELETE FROM {self._table} WHERE session_expiry <= %s LIMIT {GC_CHUNK}",
+            [time.time()],
+        )
+        return deleted

@@ -48,63 +48,36 @@ What holds:
 # pg_dsn.py and double-quoted), the key column's type name (one of three constants) and
 # index names derived from them; every value is a $n parameter.
 # ruff: noqa: S608
-
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
-import re
 import ssl
-import time
-import warnings
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 
-from .. import codec
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
 from ..pg_dsn import PostgreSQLSettings, parse_postgresql_config
-from ..provider import (
-    Changes,
-    Close,
-    Destroy,
-    Exist,
-    Init,
-    Message,
-    Provider,
-    Read,
-    Release,
-    SessionData,
-)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import ManagerConfig
+from ._sql import GC_CHUNK, SQLBatchProvider, WriteRow, refresh_step
 
 __all__ = ["PostgreSQLProvider", "MAX_PAYLOAD"]
 
 log = logging.getLogger("gosession_tornado.postgresql")
 
-_T = TypeVar("_T")
-
 #: Largest encoded session stored, in bytes (``bytea`` itself holds up to 1 GiB).
 MAX_PAYLOAD = 16 * 1024 * 1024
 #: Bytes of session data one UPDATE/INSERT statement carries at most.
 _STATEMENT_BUDGET = 64 * 1024 * 1024
-_SID_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 #: Longest sid the manager ever makes (prefix included); the limit for a ``text`` key.
 _SID_MAX = 160
-#: Rows one GC statement deletes at most.
-_GC_CHUNK = 5000
 #: Key column types: pg_type name -> the array cast used in statements.
 _KEY_TYPES = {"bpchar": "bpchar", "varchar": "varchar", "text": "text"}
 _EXPIRY_TYPES = {"timestamptz", "timestamp"}
-#: Retried (the whole operation, on a fresh transaction) this many times at most.
-_CONFLICT_RETRIES = 3
 
 # SQLSTATEs.
 _UNIQUE_VIOLATION = "23505"
@@ -123,32 +96,13 @@ def _state(exc: BaseException) -> str:
     return str(getattr(exc, "sqlstate", "") or "")
 
 
-def _refresh_step(lifetime: int) -> int:
-    """Seconds a read must gain on the stored expiry before it is written (throttles refreshes)."""
-    return max(1, lifetime // 60)
-
-
 def _count(status: str) -> int:
     """Rows affected, from a command tag such as ``"DELETE 12"``."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
 
 
-@dataclasses.dataclass
-class _Row:
-    """A session row as a release transaction sees it."""
-
-    in_table: bool
-    live: bool = False
-    data: dict[Any, Any] = dataclasses.field(default_factory=dict)
-    lifetime: int = 0
-    blob: bytes | None = None
-    touched: bool = False
-    dirty: bool = False
-    members: list[int] = dataclasses.field(default_factory=list)
-
-
-class PostgreSQLProvider(Provider):
+class PostgreSQLProvider(SQLBatchProvider):
     """Sessions in a PostgreSQL table shared by every process that uses it.
 
     Construct it through a :class:`~gosession_tornado.SessionManager` with
@@ -156,6 +110,11 @@ class PostgreSQLProvider(Provider):
     """
 
     extra = "postgresql"
+    dialect = "postgresql"
+    payload_limit = "postgresql session provider"
+    key_column = "session_key varchar(64)"
+    _log = log
+    _driver_errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
     def __init__(self) -> None:
         super().__init__()
@@ -174,14 +133,9 @@ class PostgreSQLProvider(Provider):
 
     # ------------------------------------------------------------ setup
 
-    @classmethod
-    def configure_manager(cls, config: ManagerConfig) -> ManagerConfig:
-        """Parse ``provider_config`` at once, so a bad DSN fails in ``SessionManager(...)``.
-
-        :raises ConfigError: for a malformed DSN, URL or dict.
-        """
-        parse_postgresql_config(config.provider_config)
-        return config
+    @staticmethod
+    def _parse_config(config: Any) -> PostgreSQLSettings:
+        return parse_postgresql_config(config)
 
     async def session_init(self, max_lifetime: int, config: Any) -> None:
         """Parse *config*, open the pool, create or check the table.
@@ -193,9 +147,7 @@ class PostgreSQLProvider(Provider):
         """
         self.max_lifetime = max_lifetime
         settings = parse_postgresql_config(config)
-        mc = self.manager_config
-        timeout = getattr(mc, "provider_timeout", None)
-        self._timeout = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 5.0
+        self._take_timeout()
         self.settings = settings
         self._table = f'"{settings.table}"'
         server_settings = dict(settings.server_settings)
@@ -230,38 +182,10 @@ class PostgreSQLProvider(Provider):
             raise self._translate(exc) from exc
         try:
             await self._run(self._setup_table)
-            if mc is not None:
-                longest = len(mc.session_id_prefix) + 2 * mc.session_id_length
-                if longest > self.max_sid_length:
-                    raise ConfigError(
-                        f"session ids of this manager can be {longest} characters long, but the "
-                        f"postgresql table {settings.table!r} stores at most {self.max_sid_length} "
-                        "(session_key varchar(64)); lower session_id_length "
-                        f"(at most {(self.max_sid_length - len(mc.session_id_prefix)) // 2}) "
-                        "or shorten session_id_prefix",
-                        key="session_id_length",
-                    )
+            self._check_sid_length(settings.table)
         except BaseException:
             await self._close_pool()
             raise
-
-    def _connect_timeout(self, settings: PostgreSQLSettings) -> float:
-        """Connect timeout in seconds: the configured one, kept below ``provider_timeout``."""
-        limit = self._timeout
-        default = max(0.05, limit * 0.5)
-        wanted = settings.connect_timeout
-        if not wanted:  # None or 0 (libpq: wait forever) -> ours
-            return default
-        if wanted >= limit:
-            capped = max(0.05, limit * 0.8)
-            warnings.warn(
-                f"postgresql connect timeout {wanted:g} s is not below provider_timeout {limit:g} s; "
-                f"using {capped:g} s (raise provider_timeout to allow more)",
-                UserWarning,
-                stacklevel=2,
-            )
-            return capped
-        return wanted
 
     async def _setup_table(self, conn: Any) -> None:
         assert self.settings is not None
@@ -319,9 +243,6 @@ class PostgreSQLProvider(Provider):
         )
         return {str(r[0]): (str(r[1]), int(r[2])) for r in rows}
 
-    async def session_close(self) -> None:
-        await self._close_pool()
-
     async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
         if pool is None:
@@ -374,30 +295,13 @@ class PostgreSQLProvider(Provider):
         self.statements["commit"] += 1
         await conn.execute("COMMIT")
 
-    async def _run(self, op: Callable[[Any], Awaitable[_T]]) -> _T:
-        """Run *op* on a pooled connection, retrying deadlocks, key races and lost connections.
+    def _is_conflict(self, exc: BaseException) -> bool:
+        return _state(exc) in (_DEADLOCK, _UNIQUE_VIOLATION, _SERIALIZATION)
 
-        *op* must be safe to repeat from the start (each attempt is a fresh
-        transaction).
-        """
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with self._connection() as conn:
-                    return await op(conn)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                state = _state(exc)
-                if state in (_DEADLOCK, _UNIQUE_VIOLATION, _SERIALIZATION) and attempt <= _CONFLICT_RETRIES:
-                    log.debug("postgresql: %s, retrying", exc)
-                    continue
-                lost = isinstance(exc, (asyncpg.ConnectionDoesNotExistError, ConnectionError)) or (
-                    isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
-                )
-                if lost and attempt == 1:
-                    log.debug("postgresql: connection lost (%s), retrying on a fresh one", exc)
-                    continue
-                raise self._translate(exc) from exc
+    def _is_lost(self, exc: BaseException) -> bool:
+        return isinstance(exc, (asyncpg.ConnectionDoesNotExistError, ConnectionError)) or (
+            isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+        )
 
     def _translate(self, exc: BaseException) -> SessionError:
         where = self.settings.where if self.settings else "?"
@@ -428,74 +332,34 @@ class PostgreSQLProvider(Provider):
             )
         return SessionError(f"postgresql session store at {where} failed: {msg}")
 
-    def _storable(self, sid: str) -> bool:
-        return len(sid) <= self.max_sid_length and _SID_RE.match(sid) is not None
+    # ------------------------------------------------------------ statements
 
-    def _too_long(self, sid: str) -> SessionError:
-        return SessionError(
-            f"session id of {len(sid)} characters cannot be stored in the postgresql table "
-            f"(at most {self.max_sid_length} of [A-Za-z0-9_-])"
-        )
-
-    def _decode(self, sid: str, blob: bytes | None) -> tuple[dict[Any, Any], int] | None:
-        """``(data, lifetime)`` from a stored row, or ``None`` (logged) if it is not ours/corrupt."""
-        try:
-            record = codec.decode(bytes(blob or b""))
-            data = record["data"]
-            lifetime = record.get("lifetime", self.max_lifetime)
-            if not isinstance(data, dict) or isinstance(lifetime, bool) or not isinstance(lifetime, int):
-                raise ValueError("unexpected record layout")
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            log.warning(
-                "postgresql session %s…: undecodable session_data treated as missing: %s", sid[:8], exc
-            )
-            return None
-        return data, lifetime
-
-    def _encode(self, data: dict[Any, Any], lifetime: int) -> bytes:
-        blob = codec.encode({"data": data, "lifetime": lifetime})
-        if len(blob) > self.max_payload:
-            raise SessionError(
-                f"encoded session is {len(blob)} bytes, over the {self.max_payload}-byte limit of the "
-                "postgresql session provider; store less in the session"
-            )
-        return blob
-
-    # ------------------------------------------------------------ batched operations
-
-    async def _lookup(self, sids: Sequence[str], refresh: set[str]) -> dict[str, bytes]:
-        """Live, decodable rows of *sids* as ``{sid: session_data}`` in one SELECT.
+    async def _lookup_rows(self, conn: Any, keys: list[str], refresh: set[str]) -> dict[str, bytes]:
+        """Live, decodable rows of *keys* as ``{sid: session_data}`` in one SELECT.
 
         Rows of sids in *refresh* whose expiry is at least a refresh step
         stale get it moved to now + lifetime in one UPDATE.
         """
-        keys = sorted({s for s in sids if self._storable(s)})
-        if not keys:
-            return {}
-
-        async def op(conn: Any) -> dict[str, bytes]:
-            rows = await self._fetch(
-                conn,
-                f"SELECT session_key::text, session_data, "
-                f"EXTRACT(EPOCH FROM session_expiry - now())::float8 FROM {self._table} "
-                f"WHERE session_key = ANY($1::{self._key}[]) AND session_expiry > now()",
-                keys,
-            )
-            found: dict[str, bytes] = {}
-            bumps: list[tuple[str, int]] = []
-            for key, blob, remaining in rows:
-                decoded = self._decode(key, blob)
-                if decoded is None:
-                    continue
-                found[key] = bytes(blob)
-                lifetime = decoded[1]
-                if key in refresh and lifetime - float(remaining) >= _refresh_step(lifetime):
-                    bumps.append((key, lifetime))
-            if bumps:
-                await self._refresh(conn, bumps)
-            return found
-
-        return await self._run(op)
+        rows = await self._fetch(
+            conn,
+            f"SELECT session_key::text, session_data, "
+            f"EXTRACT(EPOCH FROM session_expiry - now())::float8 FROM {self._table} "
+            f"WHERE session_key = ANY($1::{self._key}[]) AND session_expiry > now()",
+            keys,
+        )
+        found: dict[str, bytes] = {}
+        bumps: list[tuple[str, int]] = []
+        for key, blob, remaining in rows:
+            decoded = self._decode(key, blob)
+            if decoded is None:
+                continue
+            found[key] = bytes(blob)
+            lifetime = decoded[1]
+            if key in refresh and lifetime - float(remaining) >= refresh_step(lifetime):
+                bumps.append((key, lifetime))
+        if bumps:
+            await self._refresh(conn, bumps)
+        return found
 
     async def _refresh(self, conn: Any, bumps: list[tuple[str, int]]) -> None:
         """Move the expiry of *bumps* ``[(sid, lifetime)]`` to now + lifetime, in one statement.
@@ -521,269 +385,74 @@ class PostgreSQLProvider(Provider):
                 raise
             log.debug("postgresql: expiry refresh skipped: %s", exc)
 
-    async def _release_many(self, items: Sequence[Release]) -> list[Any]:
-        """Apply every release in one transaction; one outcome (None or exception) per item."""
-        keys = sorted({m.sid for m in items if self._storable(m.sid)})
+    async def _lock_rows(self, conn: Any, keys: list[str], now: float) -> list[tuple[str, Any, bool]]:
+        rows = await self._fetch(
+            conn,
+            f"SELECT session_key::text, session_data, session_expiry > now() FROM {self._table} "
+            f"WHERE session_key = ANY($1::{self._key}[]) ORDER BY session_key FOR UPDATE",
+            keys,
+        )
+        return [(key, blob, bool(live)) for key, blob, live in rows]
 
-        async def op(conn: Any) -> list[Any]:
-            outcomes: list[Any] = [None if self._storable(m.sid) else self._too_long(m.sid) for m in items]
-            if not keys:
-                return outcomes
-            await self._begin(conn)
-            rows = await self._fetch(
-                conn,
-                f"SELECT session_key::text, session_data, session_expiry > now() FROM {self._table} "
-                f"WHERE session_key = ANY($1::{self._key}[]) ORDER BY session_key FOR UPDATE",
-                keys,
-            )
-            state = {key: _Row(in_table=False) for key in keys}
-            for key, blob, live in rows:
-                row = state[key] = _Row(in_table=True)
-                if live:
-                    decoded = self._decode(key, blob)
-                    if decoded is not None:
-                        row.live = True
-                        row.data, row.lifetime = decoded
-                        row.blob = bytes(blob)
-            for i, m in enumerate(items):
-                if outcomes[i] is not None:
-                    continue
-                row = state[m.sid]
-                if not row.live:
-                    if not m.changes.create:
-                        continue  # destroyed or expired meanwhile: do not resurrect
-                    row.live, row.data, row.dirty = True, {}, True
-                if not m.changes.empty:
-                    m.changes.apply(row.data)
-                    row.dirty = True
-                if m.expiry != row.lifetime:
-                    row.lifetime = m.expiry
-                    row.dirty = True
-                row.touched = True
-                row.members.append(i)
-            updates: list[tuple[str, bytes, int]] = []
-            inserts: list[tuple[str, bytes, int]] = []
-            for key, row in state.items():
-                if not row.touched:
-                    continue
-                try:
-                    blob = self._encode(row.data, row.lifetime) if row.dirty or row.blob is None else row.blob
-                except (TypeError, SessionError) as exc:
-                    for i in row.members:
-                        outcomes[i] = exc
-                    continue
-                (updates if row.in_table else inserts).append((key, blob, row.lifetime))
-            for chunk in _chunks(updates):
-                await self._execute(
-                    conn,
-                    f"UPDATE {self._table} AS t SET session_data = v.data, "
-                    "session_expiry = now() + make_interval(secs => v.lifetime) "
-                    f"FROM unnest($1::{self._key}[], $2::bytea[], $3::int4[]) AS v(key, data, lifetime) "
-                    "WHERE t.session_key = v.key",
-                    *_columns_of(chunk),
-                )
-            for chunk in _chunks(inserts):
-                await self._execute(
-                    conn,
-                    f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
-                    "SELECT v.key, v.data, now() + make_interval(secs => v.lifetime) "
-                    f"FROM unnest($1::{self._key}[], $2::bytea[], $3::int4[]) AS v(key, data, lifetime)",
-                    *_columns_of(chunk),
-                )
-            await self._commit(conn)
-            return outcomes
-
-        return await self._run(op)
-
-    async def _destroy_many(self, sids: Sequence[str]) -> None:
-        keys = sorted({s for s in sids if self._storable(s)})
-        if not keys:
-            return
-
-        async def op(conn: Any) -> None:
+    async def _write_rows(
+        self, conn: Any, updates: list[WriteRow], inserts: list[WriteRow], now: float
+    ) -> None:
+        for chunk in _chunks(updates):
             await self._execute(
-                conn, f"DELETE FROM {self._table} WHERE session_key = ANY($1::{self._key}[])", keys
-            )
-
-        await self._run(op)
-
-    # ------------------------------------------------------------ beego's verbs
-
-    async def session_read(self, sid: str) -> SessionData | None:
-        blob = (await self._lookup([sid], {sid})).get(sid)
-        decoded = None if blob is None else self._decode(sid, blob)
-        return None if decoded is None else decoded[0]
-
-    async def session_exist(self, sid: str) -> bool:
-        return sid in await self._lookup([sid], set())
-
-    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
-        outcome = (await self._release_many([Release(sid, changes, expiry)]))[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-
-    async def session_destroy(self, sid: str) -> None:
-        await self._destroy_many([sid])
-
-    async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
-        if not self._storable(sid):
-            raise self._too_long(sid)
-        keys = sorted({k for k in (old_sid, sid) if self._storable(k)})
-
-        async def op(conn: Any) -> SessionData:
-            await self._begin(conn)
-            rows = await self._fetch(
                 conn,
-                f"SELECT session_key::text, session_data, session_expiry > now() FROM {self._table} "
-                f"WHERE session_key = ANY($1::{self._key}[]) ORDER BY session_key FOR UPDATE",
-                keys,
+                f"UPDATE {self._table} AS t SET session_data = v.data, "
+                "session_expiry = now() + make_interval(secs => v.lifetime) "
+                f"FROM unnest($1::{self._key}[], $2::bytea[], $3::int4[]) AS v(key, data, lifetime) "
+                "WHERE t.session_key = v.key",
+                *_columns_of(chunk),
             )
-            live: dict[str, tuple[bytes, dict[Any, Any], int]] = {}
-            present = set()
-            for key, blob, alive in rows:
-                present.add(key)
-                if alive:
-                    decoded = self._decode(key, blob)
-                    if decoded is not None:
-                        live[key] = (bytes(blob), *decoded)
-            if old_sid in live:
-                blob, data, lifetime = live[old_sid]
-            elif sid in live:  # a retry after the first attempt committed: already moved
-                await self._commit(conn)
-                return live[sid][1]
-            else:
-                data, lifetime = {}, self.max_lifetime
-                blob = self._encode(data, lifetime)
-            if old_sid in present and old_sid != sid:
-                await self._execute(conn, f"DELETE FROM {self._table} WHERE session_key = $1", old_sid)
-            if sid in present:
-                await self._execute(
-                    conn,
-                    f"UPDATE {self._table} SET session_data = $1, "
-                    "session_expiry = now() + make_interval(secs => $2::int4) WHERE session_key = $3",
-                    blob, lifetime, sid,
-                )
-            else:
-                await self._execute(
-                    conn,
-                    f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
-                    "VALUES ($1, $2, now() + make_interval(secs => $3::int4))",
-                    sid, blob, lifetime,
-                )
-            await self._commit(conn)
-            return data
-
-        return await self._run(op)
-
-    async def session_all(self) -> int:
-        async def op(conn: Any) -> int:
-            rows = await self._fetch(conn, f"SELECT count(*) FROM {self._table} WHERE session_expiry > now()")
-            return int(rows[0][0])
-
-        return await self._run(op)
-
-    async def session_gc(self) -> None:
-        """Delete expired rows, 5000 per statement, for at most half of ``provider_timeout``.
-
-        Rows a writer holds locked are skipped; whatever is left goes in the
-        next pass (expired rows are never served meanwhile).
-        """
-        deadline = time.monotonic() + self._timeout / 2
-
-        async def op(conn: Any) -> int:
-            status = await self._execute(
+        for chunk in _chunks(inserts):
+            await self._execute(
                 conn,
-                f"DELETE FROM {self._table} WHERE session_key IN (SELECT session_key FROM {self._table} "
-                f"WHERE session_expiry <= now() LIMIT {_GC_CHUNK} FOR UPDATE SKIP LOCKED)",
+                f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
+                "SELECT v.key, v.data, now() + make_interval(secs => v.lifetime) "
+                f"FROM unnest($1::{self._key}[], $2::bytea[], $3::int4[]) AS v(key, data, lifetime)",
+                *_columns_of(chunk),
             )
-            return _count(status)
 
-        while await self._run(op) >= _GC_CHUNK and time.monotonic() < deadline:
-            pass
+    async def _delete_rows(self, conn: Any, keys: list[str]) -> None:
+        await self._execute(
+            conn, f"DELETE FROM {self._table} WHERE session_key = ANY($1::{self._key}[])", keys
+        )
 
-    # ------------------------------------------------------------ batching
+    async def _delete_one(self, conn: Any, sid: str) -> None:
+        await self._execute(conn, f"DELETE FROM {self._table} WHERE session_key = $1", sid)
 
-    async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
-        """Turn a drained mailbox into few statements.
+    async def _put_one(
+        self, conn: Any, sid: str, blob: bytes, lifetime: int, exists: bool, now: float
+    ) -> None:
+        if exists:
+            await self._execute(
+                conn,
+                f"UPDATE {self._table} SET session_data = $1, "
+                "session_expiry = now() + make_interval(secs => $2::int4) WHERE session_key = $3",
+                blob, lifetime, sid,
+            )
+        else:
+            await self._execute(
+                conn,
+                f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
+                "VALUES ($1, $2, now() + make_interval(secs => $3::int4))",
+                sid, blob, lifetime,
+            )
 
-        Reads and existence checks share one ``SELECT … = ANY($1)`` (and one
-        expiry ``UPDATE``), releases one transaction, destroys one
-        ``DELETE … = ANY($1)``; the groups run concurrently on separate pooled
-        connections (messages in one batch are concurrent, so any order is a
-        valid one). Other messages run one by one. Each message gets its own
-        outcome.
-        """
-        if self._pool is None or any(isinstance(m, (Init, Close)) for m in messages):
-            return await super().handle_batch(messages)
-        results: list[Any] = [None] * len(messages)
-        lookups: list[int] = []
-        releases: list[int] = []
-        destroys: list[int] = []
-        others: list[int] = []
-        for i, m in enumerate(messages):
-            if isinstance(m, (Read, Exist)):
-                lookups.append(i)
-            elif isinstance(m, Release):
-                releases.append(i)
-            elif isinstance(m, Destroy):
-                destroys.append(i)
-            else:
-                others.append(i)
+    async def _count_live(self, conn: Any) -> int:
+        rows = await self._fetch(conn, f"SELECT count(*) FROM {self._table} WHERE session_expiry > now()")
+        return int(rows[0][0])
 
-        async def do_lookups() -> None:
-            reads = {m.sid for i in lookups if isinstance(m := messages[i], Read)}
-            sids = [m.sid for i in lookups if isinstance(m := messages[i], (Read, Exist))]
-            try:
-                found = await self._lookup(sids, reads)
-            except Exception as exc:
-                for i in lookups:
-                    results[i] = exc
-                return
-            for i in lookups:
-                m = messages[i]
-                if isinstance(m, Exist):
-                    results[i] = m.sid in found
-                elif isinstance(m, Read):
-                    blob = found.get(m.sid)
-                    # Decoded per reader: two reads of one sid never share mutable values.
-                    decoded = None if blob is None else self._decode(m.sid, blob)
-                    results[i] = None if decoded is None else decoded[0]
-
-        async def do_releases() -> None:
-            items = [m for i in releases if isinstance(m := messages[i], Release)]
-            try:
-                outcomes = await self._release_many(items)
-            except Exception as exc:
-                outcomes = [exc] * len(items)
-            for i, outcome in zip(releases, outcomes):
-                results[i] = outcome
-
-        async def do_destroys() -> None:
-            sids = [m.sid for i in destroys if isinstance(m := messages[i], Destroy)]
-            try:
-                await self._destroy_many(sids)
-            except Exception as exc:
-                for i in destroys:
-                    results[i] = exc
-
-        async def do_others() -> None:
-            for i in others:
-                try:
-                    results[i] = await self.dispatch(messages[i])
-                except Exception as exc:
-                    results[i] = exc
-
-        jobs: list[Awaitable[None]] = []
-        if lookups:
-            jobs.append(do_lookups())
-        if releases:
-            jobs.append(do_releases())
-        if destroys:
-            jobs.append(do_destroys())
-        if others:
-            jobs.append(do_others())
-        await asyncio.gather(*jobs)
-        return results
+    async def _gc_chunk(self, conn: Any) -> int:
+        """Delete up to 5000 expired rows; rows a writer holds locked are skipped."""
+        status = await self._execute(
+            conn,
+            f"DELETE FROM {self._table} WHERE session_key IN (SELECT session_key FROM {self._table} "
+            f"WHERE session_expiry <= now() LIMIT {GC_CHUNK} FOR UPDATE SKIP LOCKED)",
+        )
+        return _count(status)
 
 
 async def _no_reset(conn: Any) -> None:
