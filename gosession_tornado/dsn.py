@@ -45,12 +45,12 @@ messages or in ``repr``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from ._configparse import as_int, as_str, host_port, load_json_object, port_number, split_mapping, url_parts
 from .config import normalize_key
 from .durations import go_duration_seconds
 from .errors import ConfigError
@@ -121,8 +121,7 @@ class MySQLSettings:
         """``host:port`` or the socket path, for messages."""
         if self.unix_socket:
             return f"unix:{self.unix_socket}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 def parse_go_duration(value: str, *, key: str = "timeout") -> float:
@@ -221,47 +220,17 @@ def _split_host_port(addr: str) -> tuple[str, int | None]:
 
 
 def _port(value: Any, key: str = "port") -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"mysql config {key!r} must be a port number, got {value!r}", key=key) from None
-    if isinstance(value, bool) or not 0 < port < 65536:
-        raise ConfigError(f"mysql config {key!r} must be a port number 1-65535, got {value!r}", key=key)
-    return port
+    return port_number("mysql", key, value)
 
 
 def _parse_url(url: str) -> dict[str, Any]:
-    parts = urllib.parse.urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        raise ConfigError("mysql URL has an invalid port", key="provider_config") from None
-    out: dict[str, Any] = {
-        "user": urllib.parse.unquote(parts.username or ""),
-        "password": urllib.parse.unquote(parts.password or ""),
-        "host": parts.hostname or "127.0.0.1",
-        "port": port,
-        "database": urllib.parse.unquote(parts.path.lstrip("/")),
-    }
-    if "/" in out["database"]:
-        raise ConfigError("mysql URL: the path must be just '/dbname'", key="provider_config")
-    params: dict[str, str] = {}
-    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
-        params[name] = value
-    out["params"] = params
+    out = url_parts(url, "mysql", port_key="provider_config", path_key="provider_config")
+    out["host"] = out["host"] or "127.0.0.1"
     return out
 
 
 def _as_int(key: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"mysql config {key!r} must be an integer, got {value!r}", key=key)
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"mysql config {key!r} must be an integer, got {value!r}", key=key) from None
-    if n < minimum:
-        raise ConfigError(f"mysql config {key!r} must be >= {minimum}, got {n}", key=key)
-    return n
+    return as_int("mysql", key, value, minimum=minimum)
 
 
 def _as_seconds(key: str, value: Any) -> float:
@@ -351,9 +320,7 @@ def _apply(
             )
         values["tls"] = mode
     else:
-        if not isinstance(value, str):
-            raise ConfigError(f"mysql config {key!r} must be a string, got {type(value).__name__}", key=key)
-        values[field] = value
+        values[field] = as_str("mysql", key, value)
 
 
 def _from_string(text: str) -> dict[str, Any]:
@@ -377,13 +344,7 @@ def parse_mysql_config(config: Any) -> MySQLSettings:
     """
     values: dict[str, Any] = {}
     variables: dict[str, str] = {}
-    if isinstance(config, str) and config.strip().startswith("{"):
-        try:
-            config = json.loads(config)
-        except ValueError as exc:
-            raise ConfigError(
-                f"mysql provider_config is not valid JSON: {exc}", key="provider_config"
-            ) from None
+    config = load_json_object(config, "mysql")
     if isinstance(config, str):
         text = config.strip()
         if not text:
@@ -395,19 +356,10 @@ def parse_mysql_config(config: Any) -> MySQLSettings:
         raw = _from_string(text)
         _merge_raw(values, variables, raw)
     elif isinstance(config, Mapping):
-        base = None
-        rest: dict[str, Any] = {}
-        for key, value in config.items():
-            if not isinstance(key, str):
-                raise ConfigError(f"mysql config keys must be strings, got {key!r}", key="provider_config")
-            if normalize_key(key) in ("dsn", "url"):
-                if not isinstance(value, str):
-                    raise ConfigError(f"mysql config {key!r} must be a string", key=key)
-                base = value
-            else:
-                rest[key] = value
-        if base is not None:
-            _merge_raw(values, variables, _from_string(base.strip()))
+        bases: list[str] = []
+        rest = split_mapping(config, "mysql", bases.append)
+        if bases:  # the last dsn/url wins
+            _merge_raw(values, variables, _from_string(bases[-1].strip()))
         for key, value in rest.items():
             if normalize_key(key) == "variables":
                 if not isinstance(value, Mapping):

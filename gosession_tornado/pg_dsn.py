@@ -47,12 +47,12 @@ messages or in ``repr``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from ._configparse import as_int, as_str, host_port, load_json_object, port_number, split_mapping, url_parts
 from .config import normalize_key
 from .durations import go_duration_seconds
 from .errors import ConfigError
@@ -119,8 +119,7 @@ class PostgreSQLSettings:
         """``host:port`` or the socket directory, for messages."""
         if self.host.startswith("/"):
             return f"unix:{self.host}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 # ---------------------------------------------------------------- key=value DSN
@@ -209,23 +208,8 @@ def _parse_url(url: str) -> dict[str, Any]:
             "postgresql URL names several hosts; the session provider connects to one",
             key="host",
         )
-    try:
-        port = parts.port
-    except ValueError:
-        raise ConfigError("postgresql URL has an invalid port", key="port") from None
-    out: dict[str, Any] = {
-        "user": urllib.parse.unquote(parts.username or ""),
-        "password": urllib.parse.unquote(parts.password or ""),
-        "host": urllib.parse.unquote(parts.hostname or "") or None,
-        "port": port,
-        "database": urllib.parse.unquote(parts.path.lstrip("/")),
-    }
-    if "/" in out["database"]:
-        raise ConfigError("postgresql URL: the path must be just '/dbname'", key="database")
-    params: dict[str, str] = {}
-    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        params[name] = value
-    out["params"] = params
+    out = url_parts(url, "postgresql", port_key="port", path_key="database")
+    out["host"] = urllib.parse.unquote(out["host"] or "") or None
     return out
 
 
@@ -248,27 +232,11 @@ _FIELD_ALIASES: dict[str, str] = {
 
 
 def _port(key: str, value: Any) -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"postgresql config {key!r} must be a port number, got {value!r}", key=key
-        ) from None
-    if isinstance(value, bool) or not 0 < port < 65536:
-        raise ConfigError(f"postgresql config {key!r} must be a port number 1-65535, got {value!r}", key=key)
-    return port
+    return port_number("postgresql", key, value)
 
 
 def _as_int(key: str, value: Any, *, minimum: int) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"postgresql config {key!r} must be an integer, got {value!r}", key=key) from None
-    if n < minimum:
-        raise ConfigError(f"postgresql config {key!r} must be >= {minimum}, got {n}", key=key)
-    return n
+    return as_int("postgresql", key, value, minimum=minimum)
 
 
 def _as_seconds(key: str, value: Any) -> float:
@@ -328,10 +296,7 @@ def _apply(
             )
         values["sslmode"] = mode
     else:
-        if not isinstance(value, str):
-            raise ConfigError(
-                f"postgresql config {key!r} must be a string, got {type(value).__name__}", key=key
-            )
+        value = as_str("postgresql", key, value)
         if field == "host" and "," in value:
             raise ConfigError(
                 f"postgresql config {key!r} names several hosts; the session provider connects to one",
@@ -365,13 +330,7 @@ def parse_postgresql_config(config: Any) -> PostgreSQLSettings:
     """
     values: dict[str, Any] = {}
     settings: dict[str, str] = {}
-    if isinstance(config, str) and config.strip().startswith("{"):
-        try:
-            config = json.loads(config)
-        except ValueError as exc:
-            raise ConfigError(
-                f"postgresql provider_config is not valid JSON: {exc}", key="provider_config"
-            ) from None
+    config = load_json_object(config, "postgresql")
     if isinstance(config, str):
         text = config.strip()
         if not text:
@@ -384,18 +343,9 @@ def parse_postgresql_config(config: Any) -> PostgreSQLSettings:
         direct, params = _from_string(text)
         _merge(values, settings, direct, params)
     elif isinstance(config, Mapping):
-        rest: dict[str, Any] = {}
-        for key, value in config.items():
-            if not isinstance(key, str):
-                raise ConfigError(
-                    f"postgresql config keys must be strings, got {key!r}", key="provider_config"
-                )
-            if normalize_key(key) in ("dsn", "url"):
-                if not isinstance(value, str):
-                    raise ConfigError(f"postgresql config {key!r} must be a string", key=key)
-                _merge(values, settings, *_from_string(value.strip()))
-            else:
-                rest[key] = value
+        rest = split_mapping(
+            config, "postgresql", lambda base: _merge(values, settings, *_from_string(base.strip()))
+        )
         for key, value in rest.items():
             if normalize_key(key) in ("serversettings", "options"):
                 if not isinstance(value, Mapping):
