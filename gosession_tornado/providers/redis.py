@@ -218,10 +218,37 @@ class RedisProvider(Provider):
     # ------------------------------------------------------------ setup
 
     def key(self, sid: str) -> str:
-        """The Redis key of session *sid*."""
+        """The Redis key of session *sid*: :attr:`key_prefix` followed by :meth:`_key_tail`."""
         if not isinstance(sid, str) or not sid:
             raise ValueError(f"session id must be a non-empty string, got {sid!r}")
-        return self.key_prefix + sid
+        return self.key_prefix + self._key_tail(sid)
+
+    def _key_tail(self, sid: str) -> str:
+        """The part of a session key after the prefix: *sid* itself here (subclass hook).
+
+        :raises ValueError: for a (non-empty) id the subclass's layout cannot hold.
+        """
+        return sid
+
+    def _checked_key_prefix(
+        self, configured: str | None, provider: str = "redis", keyspace: str = "database"
+    ) -> str:
+        """*configured* (from ``provider_config``), else the manager's ``key_prefix``.
+
+        *provider* and *keyspace* only word the error.
+
+        :raises ConfigError: (``key="key_prefix"``) if the prefix is empty or not a string.
+        """
+        prefix = configured
+        if prefix is None:
+            prefix = getattr(self.manager_config, "key_prefix", None) or "gosession:"
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigError(
+                f"{provider} key_prefix must be a non-empty string (an empty prefix would make "
+                f"get_active_sessions count every key in the {keyspace})",
+                key="key_prefix",
+            )
+        return prefix
 
     def _timeout(self) -> float:
         timeout = getattr(self.manager_config, "provider_timeout", None)
@@ -234,10 +261,16 @@ class RedisProvider(Provider):
         """
         return parse_redis_config(config)
 
-    def make_client(self, cfg: RedisConfig, timeout: float) -> aioredis.Redis:
-        """Build the client. *timeout* is ``provider_timeout`` (s); every wait stays below it."""
-        kwargs: dict[str, Any] = {
-            "db": cfg.db,
+    @staticmethod
+    def connection_kwargs(cfg: RedisConfig, timeout: float) -> dict[str, Any]:
+        """Connection options every Redis-family client takes, from *cfg*.
+
+        Credentials, client name, socket timeouts (0.8 and 0.4 x *timeout*, the
+        ``provider_timeout`` in seconds), ``max_retries`` retries with a backoff
+        capped at 0.1 x *timeout*, and a PING before reusing a connection idle
+        longer than ``idle_timeout``. ``db``, pool and TLS are the caller's.
+        """
+        return {
             "username": cfg.username,
             "password": cfg.password,
             "socket_timeout": timeout * 0.8,
@@ -246,6 +279,10 @@ class RedisProvider(Provider):
             "client_name": cfg.client_name,
             "health_check_interval": math.ceil(cfg.idle_timeout) if cfg.idle_timeout else 0,
         }
+
+    def make_client(self, cfg: RedisConfig, timeout: float) -> aioredis.Redis:
+        """Build the client. *timeout* is ``provider_timeout`` (s); every wait stays below it."""
+        kwargs: dict[str, Any] = {"db": cfg.db, **self.connection_kwargs(cfg, timeout)}
         connection_class: type[AbstractConnection]
         if cfg.unix_socket_path:
             connection_class = UnixDomainSocketConnection
@@ -270,16 +307,7 @@ class RedisProvider(Provider):
         """
         self.max_lifetime = max_lifetime
         cfg = self.parse_config(config)
-        prefix = cfg.key_prefix
-        if prefix is None:
-            prefix = getattr(self.manager_config, "key_prefix", None) or "gosession:"
-        if not isinstance(prefix, str) or not prefix:
-            raise ConfigError(
-                "redis key_prefix must be a non-empty string (an empty prefix would make "
-                "get_active_sessions count every key in the database)",
-                key="key_prefix",
-            )
-        self.key_prefix = prefix
+        self.key_prefix = self._checked_key_prefix(cfg.key_prefix)
         self.redis_config = cfg
         self._client = self.make_client(cfg, self._timeout())
         try:
@@ -290,11 +318,7 @@ class RedisProvider(Provider):
             shas = await pipe.execute()
         except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
             await self.session_close()
-            raise ConfigError(
-                f"redis at {cfg.location} rejected the credentials: {exc}; check the password "
-                "(and username) in provider_config",
-                key="password",
-            ) from None
+            raise self._rejected_credentials(exc) from None
         except rexc.ResponseError as exc:
             await self.session_close()
             if "db index" in str(exc).lower():
@@ -327,15 +351,29 @@ class RedisProvider(Provider):
 
     # ------------------------------------------------------------ errors
 
+    #: What to check when the server does not answer, in :meth:`_unavailable`'s message.
+    _down_hint = "is the server running?"
+
+    def _server(self) -> str:
+        """The server in messages: ``"redis at host:port"`` (subclass hook: the cluster lists its nodes)."""
+        return f"redis at {self.redis_config.location}"
+
     def _unavailable(self, exc: BaseException) -> ProviderUnavailableError:
         return ProviderUnavailableError(
-            f"redis at {self.redis_config.location} is unavailable ({type(exc).__name__}: {exc}); "
-            "is the server running? The next request retries."
+            f"{self._server()} is unavailable ({type(exc).__name__}: {exc}); "
+            f"{self._down_hint} The next request retries."
         )
 
     def _refused(self, op: _Op, exc: BaseException) -> ProviderUnavailableError:
-        return ProviderUnavailableError(
-            f"redis at {self.redis_config.location} refused the {op.kind!r} of a session: {exc}"
+        if isinstance(exc, ProviderUnavailableError):  # already names the failed server or node
+            return exc
+        return ProviderUnavailableError(f"{self._server()} refused the {op.kind!r} of a session: {exc}")
+
+    def _rejected_credentials(self, exc: BaseException) -> ConfigError:
+        return ConfigError(
+            f"{self._server()} rejected the credentials: {exc}; check the password "
+            "(and username) in provider_config",
+            key="password",
         )
 
     def _require_client(self) -> aioredis.Redis:

@@ -391,13 +391,11 @@ class RedisClusterProvider(RedisProvider):
 
     # ------------------------------------------------------------ setup
 
-    def key(self, sid: str) -> str:
-        """The Redis key of session *sid*: ``<key_prefix>{<sid>}`` (the sid is the hash tag)."""
-        if not isinstance(sid, str) or not sid:
-            raise ValueError(f"session id must be a non-empty string, got {sid!r}")
+    def _key_tail(self, sid: str) -> str:
+        """``{<sid>}``: the key is ``<key_prefix>{<sid>}``, the sid is the hash tag."""
         if "{" in sid or "}" in sid:
             raise ValueError(f"session id {sid[:40]!r} may not contain braces")
-        return f"{self.key_prefix}{{{sid}}}"
+        return f"{{{sid}}}"
 
     def handover_key(self, old_sid: str, sid: str) -> str:
         """The key holding *old_sid*'s data while it moves to *sid* (the slot of *old_sid*)."""
@@ -411,18 +409,13 @@ class RedisClusterProvider(RedisProvider):
         provider retries a failed node's commands ``max_retries`` times.
         """
         opts = cfg.options
+        kwargs = {**self.connection_kwargs(opts, timeout), "retry": Retry(NoBackoff(), 0)}
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in cfg.nodes],
             require_full_coverage=False,
             max_connections=opts.poolsize,
-            retry=Retry(NoBackoff(), 0),
-            username=opts.username,
-            password=opts.password,
-            client_name=opts.client_name,
             ssl=opts.ssl,
-            socket_timeout=timeout * 0.8,
-            socket_connect_timeout=timeout * 0.4,
-            health_check_interval=math.ceil(opts.idle_timeout) if opts.idle_timeout else 0,
+            **kwargs,
         )
 
     async def session_init(self, max_lifetime: int, config: Any) -> None:
@@ -434,15 +427,7 @@ class RedisClusterProvider(RedisProvider):
         """
         self.max_lifetime = max_lifetime
         cfg = parse_cluster_config(config)
-        prefix = cfg.options.key_prefix
-        if prefix is None:
-            prefix = getattr(self.manager_config, "key_prefix", None) or "gosession:"
-        if not isinstance(prefix, str) or not prefix:
-            raise ConfigError(
-                "redis_cluster key_prefix must be a non-empty string (an empty prefix would make "
-                "get_active_sessions count every key in the cluster)",
-                key="key_prefix",
-            )
+        prefix = self._checked_key_prefix(cfg.options.key_prefix, "redis_cluster", "cluster")
         if "{" in prefix or "}" in prefix:
             raise ConfigError(
                 f"redis_cluster key_prefix {prefix!r} may not contain '{{' or '}}': the session id "
@@ -489,21 +474,14 @@ class RedisClusterProvider(RedisProvider):
         if any(isinstance(e, (rexc.AuthenticationError, rexc.AuthorizationError)) for e in chain) or (
             "WRONGPASS" in text or "NOAUTH" in text or "invalid password" in text.lower()
         ):
-            return ConfigError(
-                f"redis {location} rejected the credentials: {exc}; check the password "
-                "(and username) in provider_config",
-                key="password",
-            )
+            return self._rejected_credentials(exc)
         if "cluster mode is not enabled" in text.lower() or "cluster support disabled" in text.lower():
             return ConfigError(
                 f"redis at {location} is not a Redis Cluster (cluster-enabled no); use the "
                 "'redis' provider for a single server, or list the cluster's nodes",
                 key="addr",
             )
-        return ProviderUnavailableError(
-            f"redis {location} is unavailable ({type(exc).__name__}: {exc}); are the cluster "
-            "nodes running? The next request retries."
-        )
+        return self._unavailable(exc)
 
     async def _load_scripts(self, node: ClusterNode) -> None:
         for script in SCRIPTS:
@@ -518,23 +496,16 @@ class RedisClusterProvider(RedisProvider):
 
     # ------------------------------------------------------------ errors
 
-    def _unavailable(self, exc: BaseException) -> ProviderUnavailableError:
-        return ProviderUnavailableError(
-            f"redis {self.cluster_config.location} is unavailable ({type(exc).__name__}: {exc}); "
-            "are the cluster nodes running? The next request retries."
-        )
+    _down_hint = "are the cluster nodes running?"
+
+    def _server(self) -> str:
+        """``"redis cluster host:port,host:port"`` (the startup nodes), for messages."""
+        return f"redis {self.cluster_config.location}"
 
     def _node_unavailable(self, node: str, exc: BaseException) -> ProviderUnavailableError:
         return ProviderUnavailableError(
             f"redis cluster node {node} is unavailable ({type(exc).__name__}: {exc}); sessions "
             "stored on it fail until it (or a replica) is back; the next request retries."
-        )
-
-    def _refused(self, op: _Op, exc: BaseException) -> ProviderUnavailableError:
-        if isinstance(exc, ProviderUnavailableError):
-            return exc
-        return ProviderUnavailableError(
-            f"redis {self.cluster_config.location} refused the {op.kind!r} of a session: {exc}"
         )
 
     def _require_cluster(self) -> RedisCluster:
@@ -654,9 +625,7 @@ class RedisClusterProvider(RedisProvider):
         if isinstance(reply, ProviderUnavailableError):
             raise reply
         if isinstance(reply, BaseException):
-            raise ProviderUnavailableError(
-                f"redis {self.cluster_config.location} refused a session command: {reply}"
-            )
+            raise ProviderUnavailableError(f"{self._server()} refused a session command: {reply}")
         return reply
 
     # ------------------------------------------------------------ batching and verbs

@@ -53,7 +53,6 @@ differs:
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -63,7 +62,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import NoBackoff
 
 from ..errors import ConfigError, ProviderUnavailableError
 from ..redis_config import _ALIASES as _REDIS_ALIASES
@@ -383,15 +382,9 @@ class RedisSentinelProvider(RedisProvider):
         client: aioredis.Redis = self._sentinel.master_for(
             cfg.master_name,
             db=cfg.db,
-            username=cfg.username,
-            password=cfg.password,
-            socket_timeout=timeout * 0.8,
-            socket_connect_timeout=timeout * 0.4,
-            retry=Retry(ExponentialBackoff(cap=timeout * 0.1, base=0.01), cfg.max_retries),
-            client_name=cfg.client_name,
-            health_check_interval=math.ceil(cfg.idle_timeout) if cfg.idle_timeout else 0,
             max_connections=cfg.poolsize,
             ssl=cfg.ssl,
+            **self.connection_kwargs(cfg, timeout),
         )
         return client
 
