@@ -12,14 +12,10 @@ a TCP proxy on a free port (:class:`Proxy`) that the test stops and starts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
-import socket
-import struct
 import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,61 +30,37 @@ from gosession_tornado import (
     ProviderUnavailableError,
     SessionError,
     SessionManager,
-    SessionMixin,
     codec,
 )
 from gosession_tornado.dsn import MySQLSettings, parse_go_duration, parse_mysql_config
-from gosession_tornado.provider import All, Changes, Destroy, Exist, Read, Regenerate, Release
+from gosession_tornado.provider import All, Destroy, Exist, Read, Regenerate, Release
 from gosession_tornado.providers.mysql import MySQLProvider
 
-from .conftest import MYSQL, require_server
+from . import sql_helpers
+from .conftest import MYSQL, free_port
 from .factories.factory_mysql import DATABASE, PASSWORD, PORT, USER, drop_table, dsn, sql
+from .sql_helpers import Dump, SetKey, Value, ask, child_script, create, fresh_table, sql_manager, update
 
 SOCKET = "/run/mysqld/mysqld.sock"
+CHILD = child_script("mysql")
 
 
 # ---------------------------------------------------------------- helpers
 
 
 def provider_of(m: SessionManager) -> MySQLProvider:
-    actor = m._actor
-    assert actor is not None
-    assert isinstance(actor.provider, MySQLProvider)
-    return actor.provider
-
-
-async def ask(m: SessionManager, message: Any) -> Any:
-    return await m._ask(message)
-
-
-def create(**values: Any) -> Changes:
-    return Changes(set=dict(values), create=True)
-
-
-def update(**values: Any) -> Changes:
-    return Changes(set=dict(values))
+    return sql_helpers.provider_of(m, MySQLProvider)
 
 
 def manager(table: str, *, port: int = PORT, timeout: float = 5.0, **params: Any) -> SessionManager:
-    return SessionManager(
-        {
-            "provider": "mysql",
-            "cookie_name": "sid",
-            "provider_timeout": timeout,
-            "provider_config": dsn(table, port=port, **params),
-        }
-    )
+    return sql_manager("mysql", dsn(table, port=port, **params), timeout=timeout)
 
 
 @pytest.fixture
 async def table() -> AsyncIterator[str]:
     """A fresh table name on the shared server; dropped afterwards."""
-    require_server(MYSQL)
-    name = f"session_t{secrets.token_hex(5)}"
-    try:
+    async with fresh_table(MYSQL, drop_table) as name:
         yield name
-    finally:
-        await drop_table(name)
 
 
 async def raw_row(table: str, sid: str) -> tuple[dict[str, Any], int] | None:
@@ -102,72 +74,14 @@ async def row_count(table: str) -> int:
     return int((await sql(f"SELECT COUNT(*) FROM `{table}`"))[0][0])
 
 
-class Proxy:
+class Proxy(sql_helpers.Proxy):
     """A TCP forwarder on 127.0.0.1:*port* to the test server; stop() resets every connection.
 
     With ``hang=True`` it accepts connections and never answers (a hung server).
     """
 
     def __init__(self, port: int, *, target_port: int = PORT) -> None:
-        self.port = port
-        self.target_port = target_port
-        self.hang = False
-        self.server: asyncio.base_events.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.tasks: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        self.writers.add(writer)
-        try:
-            if self.hang:
-                await reader.read()  # until reset by stop()
-                return
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-            self.writers.add(up_writer)
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-        for w in list(self.writers):
-            sock = w.get_extra_info("socket")
-            if sock is not None:  # RST, like a crashed server, not a polite FIN
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            w.transport.abort()
-        self.writers.clear()
-        tasks, self.tasks = list(self.tasks), set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        super().__init__(port, target_port=target_port)
 
 
 # ---------------------------------------------------------------- config forms (no server)
@@ -583,17 +497,6 @@ async def test_a_mixed_batch_answers_every_message(table: str) -> None:
 # ---------------------------------------------------------------- concurrency and lifetime
 
 
-class SetKey(SessionMixin, tornado.web.RequestHandler):
-    async def get(self, key: str) -> None:
-        self.session[key] = key
-        self.write({"sid": self.session.session_id})
-
-
-class Dump(SessionMixin, tornado.web.RequestHandler):
-    async def get(self) -> None:
-        self.write({"keys": sorted(str(k) for k in self.session)})
-
-
 async def test_50_concurrent_http_requests_on_one_session_lose_no_key(table: str, serve: Any) -> None:
     async with manager(table) as m:
         client = await serve([(r"/set/(\w+)", SetKey), ("/dump", Dump)], session_manager=m)
@@ -610,26 +513,6 @@ async def test_50_concurrent_http_requests_on_one_session_lose_no_key(table: str
         dump = tornado.escape.json_decode((await client.fetch("/dump")).body)
         assert set(dump["keys"]) == {"start"} | {f"k{i}" for i in range(50)}
         assert await row_count(table) == 1
-
-
-CHILD = textwrap.dedent(
-    """
-    import asyncio, sys, time
-    from gosession_tornado import Session, SessionManager
-
-    async def main(config, sid, tag, n, start_at):
-        async with SessionManager({"provider": "mysql", "provider_config": config}) as m:
-            await asyncio.sleep(max(0.0, start_at - time.time()))  # all children write at once
-            for i in range(n):  # read-modify-write, one request at a time, as a handler would
-                data = await m.read(sid)
-                assert data is not None, "session vanished"
-                s = Session(m, sid, data)
-                s[f"{tag}{i}"] = len(data)
-                await s.release()
-
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
-    """
-)
 
 
 async def test_cross_process_updates_lose_nothing(table: str) -> None:
@@ -731,13 +614,6 @@ async def test_50_concurrent_releases_are_one_transaction(table: str) -> None:
 
 
 # ---------------------------------------------------------------- outage and recovery
-
-
-class Value(SessionMixin, tornado.web.RequestHandler):
-    async def get(self) -> None:
-        if self.get_argument("set", None) is not None:
-            self.session["v"] = self.get_argument("set")
-        self.write({"v": self.session.get("v")})
 
 
 async def test_nothing_listening_is_unavailable_then_works_when_it_listens(table: str) -> None:

@@ -12,6 +12,8 @@ import os
 import pathlib
 from typing import Any
 
+from ..sql_helpers import table_name
+
 CLIENT_SIDE = False
 HOST = "127.0.0.1"
 PORT = int(os.environ.get("GOSESSION_MYSQL_PORT", "3306"))
@@ -19,11 +21,6 @@ USER = os.environ.get("GOSESSION_MYSQL_USER", "root")
 PASSWORD = os.environ.get("GOSESSION_MYSQL_PASSWORD", "")
 DATABASE = os.environ.get("GOSESSION_MYSQL_DB", "test")
 SERVER = ("mysql", HOST, PORT)
-
-
-def table_name(unique: str) -> str:
-    """The session table of the test identified by *unique*."""
-    return f"session_{unique}"
 
 
 def dsn(table: str, *, port: int = PORT, **params: Any) -> str:
