@@ -340,3 +340,44 @@ class Provider(abc.ABC):
             except Exception as exc:  # one message fails, the batch goes on
                 results.append(exc)
         return results
+
+
+class BatchVerbs(Provider):
+    """A provider whose beego verbs each send one message down its own batch path.
+
+    The subclass implements :meth:`_run_one`, which answers one message as
+    its :meth:`~Provider.handle_batch` would; every data verb here only wraps
+    its arguments in the matching message (``session_read(sid)`` runs
+    ``Read(sid)``, and so on). A subclass may still override any verb (say a
+    no-op ``session_gc``). Used by the file and Redis providers.
+    """
+
+    @abc.abstractmethod
+    async def _run_one(self, message: Message) -> Any:
+        """Return *message*'s result, or raise its error.
+
+        Must not call :meth:`~Provider.dispatch`, which calls the verbs back.
+        """
+
+    async def session_read(self, sid: str) -> SessionData | None:
+        result: SessionData | None = await self._run_one(Read(sid))
+        return result
+
+    async def session_exist(self, sid: str) -> bool:
+        return bool(await self._run_one(Exist(sid)))
+
+    async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
+        result: SessionData = await self._run_one(Regenerate(old_sid, sid))
+        return result
+
+    async def session_destroy(self, sid: str) -> None:
+        await self._run_one(Destroy(sid))
+
+    async def session_all(self) -> int:
+        return int(await self._run_one(All()))
+
+    async def session_gc(self) -> None:
+        await self._run_one(GC())
+
+    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
+        await self._run_one(Release(sid, changes, expiry))

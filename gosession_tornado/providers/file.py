@@ -61,11 +61,11 @@ from ..errors import ConfigError, ProviderUnavailableError, SessionError
 from ..provider import (
     GC,
     All,
+    BatchVerbs,
     Changes,
     Destroy,
     Exist,
     Message,
-    Provider,
     Read,
     Regenerate,
     Release,
@@ -678,7 +678,7 @@ class _Store:
 _FILE_MESSAGES = (Read, Release, Exist, Regenerate, Destroy, All, GC)
 
 
-class FileProvider(Provider):
+class FileProvider(BatchVerbs):
     """Sessions as files under ``save_path``, shared safely between processes.
 
     ``provider_config``: a directory path (``""`` means ``"./tmp"``) or
@@ -708,7 +708,8 @@ class FileProvider(Provider):
                 "is writable and the disk is not full"
             ) from exc
 
-    async def _call(self, message: Message) -> Any:
+    async def _run_one(self, message: Message) -> Any:
+        """One message on the worker thread (the verbs come from :class:`BatchVerbs`)."""
         store, executor = self._require()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, self._guarded, functools.partial(store.dispatch, message))
@@ -762,29 +763,6 @@ class FileProvider(Provider):
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="gosession-file"
             )
-
-    async def session_read(self, sid: str) -> SessionData | None:
-        result: SessionData | None = await self._call(Read(sid))
-        return result
-
-    async def session_exist(self, sid: str) -> bool:
-        return bool(await self._call(Exist(sid)))
-
-    async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
-        result: SessionData = await self._call(Regenerate(old_sid, sid))
-        return result
-
-    async def session_destroy(self, sid: str) -> None:
-        await self._call(Destroy(sid))
-
-    async def session_all(self) -> int:
-        return int(await self._call(All()))
-
-    async def session_gc(self) -> None:
-        await self._call(GC())
-
-    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
-        await self._call(Release(sid, changes, expiry))
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
         """Run a batch of file messages in one hop to the worker thread, in order."""

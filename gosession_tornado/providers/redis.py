@@ -76,11 +76,11 @@ from .. import codec
 from ..errors import ConfigError, ProviderUnavailableError
 from ..provider import (
     GC,
+    BatchVerbs,
     Changes,
     Destroy,
     Exist,
     Message,
-    Provider,
     Read,
     Regenerate,
     Release,
@@ -196,8 +196,15 @@ class _Op:
     sid: str
 
 
-class RedisProvider(Provider):
+class RedisProvider(BatchVerbs):
     """Sessions in Redis hashes, with server-side TTL and pipelined batches.
+
+    The verbs send their message as a pipeline of one: read is ``HGETALL`` +
+    ``EXPIRE`` to the stored lifetime in one script (``None`` if missing),
+    exist is ``EXISTS`` (no TTL refresh), regenerate is a ``RENAME`` in a
+    script (old gone, TTL reset; an empty record if old is missing), destroy
+    is ``DEL`` (a missing key is fine), release applies the changes
+    atomically and sets the TTL to the expiry (see the module docs).
 
     Subclasses (cluster, sentinel) may override :meth:`make_client` and
     :meth:`key`; everything else only needs a client that pipelines.
@@ -535,6 +542,7 @@ class RedisProvider(Provider):
         return outcomes
 
     async def _run_one(self, message: Message) -> Any:
+        """One message as a pipeline of one (the verbs come from :class:`BatchVerbs`)."""
         op = self.build_op(message)
         assert op is not None
         (outcome,) = await self.run_ops([op])
@@ -585,28 +593,6 @@ class RedisProvider(Provider):
         return outcomes
 
     # ------------------------------------------------------------ beego verbs
-
-    async def session_read(self, sid: str) -> SessionData | None:
-        """``HGETALL`` + ``EXPIRE`` to the stored lifetime, in one script; ``None`` if missing."""
-        result: SessionData | None = await self._run_one(Read(sid))
-        return result
-
-    async def session_exist(self, sid: str) -> bool:
-        """``EXISTS``; does not refresh the TTL."""
-        return bool(await self._run_one(Exist(sid)))
-
-    async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
-        """``RENAME`` old to new inside a script (old gone, TTL reset); empty record if old is missing."""
-        result: SessionData = await self._run_one(Regenerate(old_sid, sid))
-        return result
-
-    async def session_destroy(self, sid: str) -> None:
-        """``DEL``; a missing key is fine."""
-        await self._run_one(Destroy(sid))
-
-    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
-        """Apply *changes* atomically and set the TTL to *expiry* seconds (see the module docs)."""
-        await self._run_one(Release(sid, changes, expiry))
 
     async def session_gc(self) -> None:
         """No-op: Redis expires idle sessions through their TTL."""
