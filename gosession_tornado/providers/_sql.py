@@ -106,11 +106,17 @@ class SQLBatchProvider(Provider):
     #: Driver exceptions :meth:`_run` retries or translates.
     _driver_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
 
-    statements: collections.Counter[str]
-    max_sid_length: int
     max_payload: int
-    _pool: Any
-    _timeout: float
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Statements sent to the server, by first SQL word (``"select"``, ``"update"``, ``"begin"`` …).
+        self.statements: collections.Counter[str] = collections.Counter()
+        self._pool: Any = None
+        #: ``provider_timeout`` in seconds (after ``session_init``).
+        self._timeout = 5.0
+        #: Longest session id the key column holds (characters).
+        self.max_sid_length = 64
 
     # ------------------------------------------------------------ subclass hooks
 

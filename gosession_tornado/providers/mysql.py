@@ -49,7 +49,6 @@ What holds:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import math
@@ -133,14 +132,8 @@ class MySQLProvider(SQLBatchProvider):
         super().__init__()
         #: Parsed connection settings (after ``session_init``).
         self.settings: MySQLSettings | None = None
-        #: Statements sent to the server, by first SQL word (``"select"``, ``"update"``, ``"begin"`` …).
-        self.statements: collections.Counter[str] = collections.Counter()
-        self._pool: Any = None
         self._prepared: weakref.WeakSet[Any] = weakref.WeakSet()
         self._table = "`session`"
-        self._timeout = 5.0
-        #: Longest session id the key column holds (characters).
-        self.max_sid_length = 64
         #: Largest encoded session the table (and ``max_allowed_packet``) accepts, in bytes.
         self.max_payload = MEDIUMBLOB_MAX
         self._max_statement = 8 * 1024 * 1024

@@ -51,7 +51,6 @@ What holds:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import ssl
@@ -120,14 +119,8 @@ class PostgreSQLProvider(SQLBatchProvider):
         super().__init__()
         #: Parsed connection settings (after ``session_init``).
         self.settings: PostgreSQLSettings | None = None
-        #: Statements sent to the server, by first SQL word (``"select"``, ``"update"``, ``"begin"`` …).
-        self.statements: collections.Counter[str] = collections.Counter()
-        self._pool: Any = None
         self._table = '"session"'
         self._key = "varchar"
-        self._timeout = 5.0
-        #: Longest session id the key column holds (characters).
-        self.max_sid_length = 64
         #: Largest encoded session stored, in bytes.
         self.max_payload = MAX_PAYLOAD
 
