@@ -37,7 +37,7 @@ from gosession_tornado.provider import All, Destroy, Exist, Read, Regenerate, Re
 from gosession_tornado.providers.mysql import MySQLProvider
 
 from . import sql_helpers
-from .conftest import MYSQL, free_port
+from .conftest import MYSQL, fail_or_skip, free_port
 from .factories.factory_mysql import DATABASE, PASSWORD, PORT, USER, drop_table, dsn, sql
 from .sql_helpers import Dump, SetKey, Value, ask, child_script, create, fresh_table, sql_manager, update
 
@@ -248,7 +248,7 @@ async def test_every_config_form_reaches_the_server(table: str, form: str) -> No
                                               "password": PASSWORD, "database": DATABASE, "table": table}})
     else:
         if not os.path.exists(SOCKET) or PORT != 3306:
-            pytest.skip(f"no local server socket at {SOCKET}")
+            fail_or_skip(f"mysql server socket {SOCKET} is not there (unix-socket DSN form)")
         args = ("mysql", {"provider_config": f"{cred}@unix({SOCKET})/{DATABASE}?table={table}"})
     async with SessionManager(*args) as m:
         sid = m.new_sid()

@@ -43,7 +43,7 @@ from gosession_tornado.provider import All, Destroy, Exist, Read, Regenerate, Re
 from gosession_tornado.providers.postgresql import PostgreSQLProvider
 
 from . import sql_helpers
-from .conftest import POSTGRESQL, free_port
+from .conftest import POSTGRESQL, fail_or_skip, free_port
 from .factories.factory_postgresql import DATABASE, PASSWORD, PORT, USER, drop_table, dsn, sql
 from .sql_helpers import Dump, SetKey, Value, ask, child_script, create, fresh_table, sql_manager, update
 
@@ -275,7 +275,7 @@ async def test_every_config_form_reaches_the_server(table: str, form: str) -> No
                                                    "password": PASSWORD, "dbname": DATABASE, "table": table}})
     else:
         if not os.path.exists(f"{SOCKET_DIR}/.s.PGSQL.{PORT}"):
-            pytest.skip(f"no local server socket in {SOCKET_DIR}")
+            fail_or_skip(f"postgresql server socket in {SOCKET_DIR} is not there (unix-socket DSN form)")
         args = ("postgresql", {"provider_config": f"host={SOCKET_DIR} port={PORT} user={USER} "
                                                   f"dbname={DATABASE} table={table}"})
     async with SessionManager(*args) as m:
