@@ -30,7 +30,6 @@ from gosession_tornado import (
     ConfigError,
     ProviderUnavailableError,
     SessionManager,
-    SessionMixin,
     codec,
 )
 from gosession_tornado.provider import All, Changes, Destroy, Exist, Read, Regenerate, Release
@@ -39,6 +38,7 @@ from gosession_tornado.redis_config import RedisConfig, parse_duration, parse_re
 
 from .conftest import IN_CI, REDIS, free_port, require_server, server_answers
 from .factories.factory_redis import delete_prefix
+from .redis_helpers import Counter, Dump, SetKey, ask, cookie_of, create, provider_as
 
 PORT = REDIS[2]
 
@@ -47,18 +47,7 @@ PORT = REDIS[2]
 
 
 def provider_of(m: SessionManager) -> RedisProvider:
-    actor = m._actor
-    assert actor is not None
-    assert isinstance(actor.provider, RedisProvider)
-    return actor.provider
-
-
-async def ask(m: SessionManager, message: Any) -> Any:
-    return await m._ask(message)
-
-
-def create(**values: Any) -> Changes:
-    return Changes(set=dict(values), create=True)
+    return provider_as(m, RedisProvider)
 
 
 class RedisServer:
@@ -463,30 +452,6 @@ async def test_active_count_scans_only_its_own_prefix(shared: tuple[str, aioredi
 
 
 # ---------------------------------------------------------------- concurrency
-
-
-class SetKey(SessionMixin, tornado.web.RequestHandler):
-    async def get(self, key: str) -> None:
-        self.session[key] = key
-        self.write({"sid": self.session.session_id})
-
-
-class Dump(SessionMixin, tornado.web.RequestHandler):
-    async def get(self) -> None:
-        self.write({"keys": sorted(str(k) for k in self.session), "sid": self.session.session_id})
-
-
-class Counter(SessionMixin, tornado.web.RequestHandler):
-    async def get(self) -> None:
-        self.session["n"] = self.session.get("n", 0) + 1
-        self.write({"n": self.session["n"]})
-
-
-def cookie_of(resp: tornado.httpclient.HTTPResponse, name: str = "sid") -> str:
-    for header in resp.headers.get_list("Set-Cookie"):
-        if header.startswith(f"{name}="):
-            return header.split(";", 1)[0]
-    raise AssertionError(f"no {name} cookie in {resp.headers.get_list('Set-Cookie')}")
 
 
 async def test_50_concurrent_http_requests_on_one_session_lose_no_key(

@@ -36,6 +36,7 @@ from gosession_tornado.redis_config import DEFAULT_POOLSIZE
 
 from .conftest import IN_CI, REDIS, free_port, require_server
 from .factories.factory_redis_cluster import Cluster, delete_prefix, shared_cluster
+from .redis_helpers import Counter, Dump, SetKey, ask, cookie_of, create, provider_as
 
 # ---------------------------------------------------------------- helpers
 
@@ -88,10 +89,7 @@ def manager(nodes: str, prefix: str, **overrides: Any) -> SessionManager:
 
 
 def provider_of(m: SessionManager) -> RedisClusterProvider:
-    actor = m._actor
-    assert actor is not None
-    assert isinstance(actor.provider, RedisClusterProvider)
-    return actor.provider
+    return provider_as(m, RedisClusterProvider)
 
 
 def node_port(m: SessionManager, sid: str) -> int:
@@ -109,14 +107,6 @@ def sid_on(m: SessionManager, port: int) -> str:
         sid = m.new_sid()
         if node_port(m, sid) == port:
             return sid
-
-
-async def ask(m: SessionManager, message: Any) -> Any:
-    return await m._ask(message)
-
-
-def create(**values: Any) -> Changes:
-    return Changes(set=dict(values), create=True)
 
 
 async def keys_per_node(cluster: Cluster, prefix: str) -> dict[int, list[bytes]]:
@@ -421,29 +411,11 @@ async def test_concurrent_releases_and_reads_share_pipelines(cluster: tuple[Clus
 # ---------------------------------------------------------------- HTTP concurrency
 
 
-class SetKey(SessionMixin, tornado.web.RequestHandler):
-    async def get(self, key: str) -> None:
-        self.session[key] = key
-        self.write({"sid": self.session.session_id})
-
-
-class Dump(SessionMixin, tornado.web.RequestHandler):
-    async def get(self) -> None:
-        self.write({"keys": sorted(str(k) for k in self.session), "sid": self.session.session_id})
-
-
 class Login(SessionMixin, tornado.web.RequestHandler):
     async def get(self) -> None:
         await self.session_regenerate_id()
         self.session["user"] = "ann"
         self.write({"sid": self.session.session_id})
-
-
-def cookie_of(resp: tornado.httpclient.HTTPResponse, name: str = "sid") -> str:
-    for header in resp.headers.get_list("Set-Cookie"):
-        if header.startswith(f"{name}="):
-            return header.split(";", 1)[0]
-    raise AssertionError(f"no {name} cookie in {resp.headers.get_list('Set-Cookie')}")
 
 
 async def test_50_concurrent_http_requests_on_one_session_lose_no_key(
@@ -482,12 +454,6 @@ async def test_50_concurrent_http_requests_on_one_session_lose_no_key(
 
 
 # ---------------------------------------------------------------- failure and recovery
-
-
-class Counter(SessionMixin, tornado.web.RequestHandler):
-    async def get(self) -> None:
-        self.session["n"] = self.session.get("n", 0) + 1
-        self.write({"n": self.session["n"]})
 
 
 async def test_forgotten_scripts_are_reloaded_on_every_master(cluster: tuple[Cluster, str]) -> None:

@@ -20,7 +20,7 @@ import tornado.httpclient
 import tornado.web
 
 from gosession_tornado import ConfigError, ProviderUnavailableError, SessionManager, SessionMixin
-from gosession_tornado.provider import Changes, Read, Release
+from gosession_tornado.provider import Read, Release
 from gosession_tornado.providers.redis import RedisProvider
 from gosession_tornado.providers.redis_sentinel import (
     RedisSentinelProvider,
@@ -32,23 +32,13 @@ from gosession_tornado.registry import lookup
 from .conftest import free_port
 from .factories.factory_redis import delete_prefix
 from .factories.factory_redis_sentinel import MASTER_NAME, Topology, shared_topology
+from .redis_helpers import Counter, ask, create, provider_as
 
 # ---------------------------------------------------------------- helpers
 
 
 def provider_of(m: SessionManager) -> RedisSentinelProvider:
-    actor = m._actor
-    assert actor is not None
-    assert isinstance(actor.provider, RedisSentinelProvider)
-    return actor.provider
-
-
-async def ask(m: SessionManager, message: Any) -> Any:
-    return await m._ask(message)
-
-
-def create(**values: Any) -> Changes:
-    return Changes(set=dict(values), create=True)
+    return provider_as(m, RedisSentinelProvider)
 
 
 @pytest.fixture(scope="module")
@@ -287,12 +277,6 @@ class SetKey(SessionMixin, tornado.web.RequestHandler):
 class Dump(SessionMixin, tornado.web.RequestHandler):
     async def get(self) -> None:
         self.write({"keys": sorted(str(k) for k in self.session)})
-
-
-class Counter(SessionMixin, tornado.web.RequestHandler):
-    async def get(self) -> None:
-        self.session["n"] = self.session.get("n", 0) + 1
-        self.write({"n": self.session["n"]})
 
 
 class Peek(SessionMixin, tornado.web.RequestHandler):
