@@ -5,33 +5,10 @@ manager, raw messages, and the request handlers of the HTTP concurrency tests.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
 import tornado.httpclient
 import tornado.web
 
-from gosession_tornado import SessionManager, SessionMixin
-from gosession_tornado.provider import Changes, Provider
-
-_P = TypeVar("_P", bound=Provider)
-
-
-def provider_as(m: SessionManager, cls: type[_P]) -> _P:
-    """The started manager *m*'s provider, checked to be a *cls*."""
-    actor = m._actor
-    assert actor is not None
-    assert isinstance(actor.provider, cls)
-    return actor.provider
-
-
-async def ask(m: SessionManager, message: Any) -> Any:
-    """Send one raw provider message through *m*'s actor and return its result."""
-    return await m._ask(message)
-
-
-def create(**values: Any) -> Changes:
-    """A release delta that creates the session with *values*."""
-    return Changes(set=dict(values), create=True)
+from gosession_tornado import SessionMixin
 
 
 def cookie_of(resp: tornado.httpclient.HTTPResponse, name: str = "sid") -> str:
@@ -40,21 +17,6 @@ def cookie_of(resp: tornado.httpclient.HTTPResponse, name: str = "sid") -> str:
         if header.startswith(f"{name}="):
             return header.split(";", 1)[0]
     raise AssertionError(f"no {name} cookie in {resp.headers.get_list('Set-Cookie')}")
-
-
-class SetKey(SessionMixin, tornado.web.RequestHandler):
-    """``GET /set/<key>``: stores ``key = key``; answers the session id."""
-
-    async def get(self, key: str) -> None:
-        self.session[key] = key
-        self.write({"sid": self.session.session_id})
-
-
-class Dump(SessionMixin, tornado.web.RequestHandler):
-    """``GET /dump``: the session's keys (sorted, as strings) and id."""
-
-    async def get(self) -> None:
-        self.write({"keys": sorted(str(k) for k in self.session), "sid": self.session.session_id})
 
 
 class Counter(SessionMixin, tornado.web.RequestHandler):

@@ -12,39 +12,16 @@ import socket
 import struct
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import tornado.web
 
 from gosession_tornado import SessionManager, SessionMixin
-from gosession_tornado.provider import Changes, Provider
-
-_P = TypeVar("_P", bound=Provider)
 
 
 def table_name(unique: str) -> str:
     """The session table of the test identified by *unique*."""
     return f"session_{unique}"
-
-
-def provider_of(m: SessionManager, cls: type[_P]) -> _P:
-    """The provider instance of a started manager, checked to be a *cls*."""
-    actor = m._actor
-    assert actor is not None
-    assert isinstance(actor.provider, cls)
-    return actor.provider
-
-
-async def ask(m: SessionManager, message: Any) -> Any:
-    return await m._ask(message)
-
-
-def create(**values: Any) -> Changes:
-    return Changes(set=dict(values), create=True)
-
-
-def update(**values: Any) -> Changes:
-    return Changes(set=dict(values))
 
 
 def sql_manager(provider: str, provider_config: str, *, timeout: float) -> SessionManager:
@@ -138,17 +115,6 @@ class Proxy:
         self.writers.clear()
         tasks, self.tasks = list(self.tasks), set()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class SetKey(SessionMixin, tornado.web.RequestHandler):
-    async def get(self, key: str) -> None:
-        self.session[key] = key
-        self.write({"sid": self.session.session_id})
-
-
-class Dump(SessionMixin, tornado.web.RequestHandler):
-    async def get(self) -> None:
-        self.write({"keys": sorted(str(k) for k in self.session)})
 
 
 class Value(SessionMixin, tornado.web.RequestHandler):

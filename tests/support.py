@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 import tornado.httputil
 import tornado.web
 
+from gosession_tornado import SessionManager, SessionMixin
 from gosession_tornado.provider import Changes, Provider
+
+_P = TypeVar("_P", bound=Provider)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -121,3 +124,47 @@ class DictStore(Provider):
     async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
         if sid in self.data or changes.create:
             changes.apply(self.data.setdefault(sid, {}))
+
+
+# ---------------------------------------------------------------- raw provider calls
+
+
+def provider_of(m: SessionManager, cls: type[_P]) -> _P:
+    """The started manager *m*'s provider, checked to be a *cls*."""
+    actor = m._actor
+    assert actor is not None
+    assert isinstance(actor.provider, cls)
+    return actor.provider
+
+
+async def ask(m: SessionManager, message: Any) -> Any:
+    """Send one raw provider message through *m*'s actor and return its result."""
+    return await m._ask(message)
+
+
+def create(**values: Any) -> Changes:
+    """A release delta that creates the session with *values*."""
+    return Changes(set=dict(values), create=True)
+
+
+def update(deleted: tuple[Any, ...] = (), flushed: bool = False, **values: Any) -> Changes:
+    """A release delta on an existing session: set *values*, delete *deleted*, flush first."""
+    return Changes(set=dict(values), deleted=frozenset(deleted), flushed=flushed)
+
+
+# ---------------------------------------------------------------- handlers
+
+
+class SetKey(SessionMixin, tornado.web.RequestHandler):
+    """``GET /set/<key>``: stores ``key = key``; answers the session id."""
+
+    async def get(self, key: str) -> None:
+        self.session[key] = key
+        self.write({"sid": self.session.session_id})
+
+
+class Dump(SessionMixin, tornado.web.RequestHandler):
+    """``GET /dump``: the session's keys (sorted, as strings) and id."""
+
+    async def get(self) -> None:
+        self.write({"keys": sorted(str(k) for k in self.session), "sid": self.session.session_id})

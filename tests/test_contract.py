@@ -19,11 +19,12 @@ import pytest
 import tornado.escape
 import tornado.web
 
-from gosession_tornado import SessionManager, SessionMixin
+from gosession_tornado import SessionMixin
 from gosession_tornado.provider import GC as GC_MESSAGE
 from gosession_tornado.provider import All, Changes, Destroy, Exist, Read, Regenerate, Release
 
 from .conftest import FACTORIES, ManagerFactory, open_factory
+from .support import ask, create, update
 
 SERVER_SIDE = sorted(n for n, m in FACTORIES.items() if not getattr(m, "CLIENT_SIDE", False))
 PERSISTENT = sorted(n for n in SERVER_SIDE if getattr(FACTORIES[n], "PERSISTENT", True))
@@ -34,18 +35,6 @@ async def server_factory(request: pytest.FixtureRequest, tmp_path: Any) -> Async
     """A factory for each provider that keeps sessions on the server."""
     async with open_factory(request.param, tmp_path) as factory:
         yield factory
-
-
-async def ask(manager: SessionManager, message: Any) -> Any:
-    return await manager._ask(message)
-
-
-def create(**values: Any) -> Changes:
-    return Changes(set=dict(values), create=True)
-
-
-def update(deleted: tuple[Any, ...] = (), flushed: bool = False, **values: Any) -> Changes:
-    return Changes(set=dict(values), deleted=frozenset(deleted), flushed=flushed)
 
 
 # ---------------------------------------------------------------- records

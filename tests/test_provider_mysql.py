@@ -36,10 +36,11 @@ from gosession_tornado.dsn import MySQLSettings, parse_go_duration, parse_mysql_
 from gosession_tornado.provider import All, Destroy, Exist, Read, Regenerate, Release
 from gosession_tornado.providers.mysql import MySQLProvider
 
-from . import sql_helpers
+from . import sql_helpers, support
 from .conftest import MYSQL, fail_or_skip, free_port
 from .factories.factory_mysql import DATABASE, PASSWORD, PORT, USER, drop_table, dsn, sql
-from .sql_helpers import Dump, SetKey, Value, ask, child_script, create, fresh_table, sql_manager, update
+from .sql_helpers import Value, child_script, fresh_table, sql_manager
+from .support import Dump, SetKey, ask, create, update
 
 SOCKET = "/run/mysqld/mysqld.sock"
 CHILD = child_script("mysql")
@@ -49,7 +50,7 @@ CHILD = child_script("mysql")
 
 
 def provider_of(m: SessionManager) -> MySQLProvider:
-    return sql_helpers.provider_of(m, MySQLProvider)
+    return support.provider_of(m, MySQLProvider)
 
 
 def manager(table: str, *, port: int = PORT, timeout: float = 5.0, **params: Any) -> SessionManager:

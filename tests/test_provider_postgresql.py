@@ -42,10 +42,11 @@ from gosession_tornado.pg_dsn import PostgreSQLSettings, parse_keyword_dsn, pars
 from gosession_tornado.provider import All, Destroy, Exist, Read, Regenerate, Release
 from gosession_tornado.providers.postgresql import PostgreSQLProvider
 
-from . import sql_helpers
+from . import sql_helpers, support
 from .conftest import POSTGRESQL, fail_or_skip, free_port
 from .factories.factory_postgresql import DATABASE, PASSWORD, PORT, USER, drop_table, dsn, sql
-from .sql_helpers import Dump, SetKey, Value, ask, child_script, create, fresh_table, sql_manager, update
+from .sql_helpers import Value, child_script, fresh_table, sql_manager
+from .support import Dump, SetKey, ask, create, update
 
 SOCKET_DIR = "/var/run/postgresql"
 CHILD = child_script("postgresql")
@@ -55,7 +56,7 @@ CHILD = child_script("postgresql")
 
 
 def provider_of(m: SessionManager) -> PostgreSQLProvider:
-    return sql_helpers.provider_of(m, PostgreSQLProvider)
+    return support.provider_of(m, PostgreSQLProvider)
 
 
 def manager(table: str, *, port: int = PORT, timeout: float = 5.0, **params: Any) -> SessionManager:

@@ -38,7 +38,9 @@ from gosession_tornado.redis_config import RedisConfig, parse_duration, parse_re
 
 from .conftest import IN_CI, REDIS, free_port, require_server, server_answers
 from .factories.factory_redis import delete_prefix
-from .redis_helpers import Counter, Dump, SetKey, ask, cookie_of, create, provider_as
+from .redis_helpers import Counter, cookie_of
+from .support import Dump, SetKey, ask, create
+from .support import provider_of as provider_as
 
 PORT = REDIS[2]
 

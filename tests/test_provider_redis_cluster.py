@@ -36,7 +36,9 @@ from gosession_tornado.redis_config import DEFAULT_POOLSIZE
 
 from .conftest import IN_CI, REDIS, free_port, require_server
 from .factories.factory_redis_cluster import Cluster, delete_prefix, shared_cluster
-from .redis_helpers import Counter, Dump, SetKey, ask, cookie_of, create, provider_as
+from .redis_helpers import Counter, cookie_of
+from .support import Dump, SetKey, ask, create
+from .support import provider_of as provider_as
 
 # ---------------------------------------------------------------- helpers
 

@@ -32,7 +32,9 @@ from gosession_tornado.registry import lookup
 from .conftest import free_port
 from .factories.factory_redis import delete_prefix
 from .factories.factory_redis_sentinel import MASTER_NAME, Topology, shared_topology
-from .redis_helpers import Counter, ask, create, provider_as
+from .redis_helpers import Counter
+from .support import ask, create
+from .support import provider_of as provider_as
 
 # ---------------------------------------------------------------- helpers
 
