@@ -36,10 +36,10 @@ from gosession_tornado.provider import All, Changes, Destroy, Exist, Read, Regen
 from gosession_tornado.providers.redis import META_FIELD, RedisProvider
 from gosession_tornado.redis_config import RedisConfig, parse_duration, parse_redis_config
 
-from .conftest import IN_CI, REDIS, free_port, require_server, server_answers
+from .conftest import REDIS, free_port, require_server, server_answers
 from .factories.factory_redis import delete_prefix
 from .redis_helpers import Counter, cookie_of
-from .support import Dump, SetKey, ask, create
+from .support import Dump, SetKey, ask, create, fail_or_skip
 from .support import provider_of as provider_as
 
 PORT = REDIS[2]
@@ -96,10 +96,7 @@ class RedisServer:
 
 def require_redis_server_binary() -> None:
     if shutil.which("redis-server") is None:
-        msg = "redis-server binary not found"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(f"!!! {msg}: install redis-server to run this test")
+        fail_or_skip("redis-server binary not found: install redis-server to run this test")
 
 
 @pytest.fixture
