@@ -25,6 +25,8 @@ EXTRAS["test"] = [
     "mypy>=1.10",
     "ruff>=0.5",
     "playwright>=1.45",
+    # bench/harness.py draws docs/performance.rst's chart; tests/test_bench.py runs it with --quick
+    "matplotlib>=3.8",
 ]
 EXTRAS["docs"] = ["sphinx>=7"]
 EXTRAS["dev"] = sorted(set(EXTRAS["all"] + EXTRAS["test"] + EXTRAS["docs"] + ["tox>=4"]))

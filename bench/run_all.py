@@ -1,11 +1,13 @@
 """Run every benchmark in turn: ``python3 bench/run_all.py [--quick] [extra options]``.
 
-Runs ``bench_batching.py`` and then ``bench_http.py``, each as its own
-process, passing ``--quick`` and the port options through
-(``bench_redis_batching.py`` is the redis-only subset of
-``bench_batching.py`` and is not repeated). Exits with the highest exit
-status of the benchmarks, so 0 means every benchmark ran (providers whose
-server is down are skipped, not failed).
+Runs ``bench_batching.py`` (the actor's batching, about a minute) and then
+``harness.py`` (wrk against one Tornado server per configuration plus the
+micro benchmarks, about 30 minutes; with ``--quick`` a smoke run of seconds
+whose output goes to a temporary directory), each as its own process,
+passing ``--quick`` and the port options through. ``bench_redis_batching.py``
+is the redis-only subset of ``bench_batching.py`` and is not repeated.
+Exits with the highest exit status of the benchmarks, so 0 means every
+benchmark ran (providers whose server is down are skipped, not failed).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-BENCHES = ("bench_batching.py", "bench_http.py")
+BENCHES = ("bench_batching.py", "harness.py")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,38 +1,56 @@
 """The benchmarks in bench/ run: each exits 0 and prints its ratio lines.
 
 Every bench runs with ``--quick`` as a subprocess. What is checked is the
-shape of the output: a row per concurrency level (or per HTTP case) with a
-ratio against the baseline measured in the same run, the counter column for
-the providers that count round trips or statements, and a printed skip reason
-(not a failure) for a server that does not answer. The value of a ratio is
-never asserted: timing belongs to the benchmarks, not to the test suite.
+shape of the output: a row per concurrency level with a ratio against the
+baseline measured in the same run, the counter column for the providers that
+count round trips or statements, and a printed skip reason (not a failure)
+for a server that does not answer. The performance harness
+(``bench/harness.py --quick``, run by ``run_all.py --quick``) must exit 0 and
+write its JSON (every key the docs page is made from), the ``.rst`` page and
+the PNG chart. The value of a ratio is never asserted: timing belongs to the
+benchmarks, not to the test suite.
+
+The harness needs ``wrk`` (``scripts/test.sh`` installs Debian's package) and
+matplotlib (the ``test`` extra): without them the test fails under
+``CI=true`` and is skipped loudly elsewhere, like a missing server.
+``GSBENCH_BEFORE=PATH`` in the environment makes the harness measure the
+library of another checkout (its server processes get PATH first on
+``PYTHONPATH``).
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
-from .conftest import IN_CI, MYSQL, POSTGRESQL, REDIS, free_port, require_server, server_answers
+from .conftest import IN_CI, MYSQL, POSTGRESQL, REDIS, fail_or_skip, free_port, require_server, server_answers
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
 SERVERS = {"redis": REDIS, "mysql": MYSQL, "postgresql": POSTGRESQL}
 
 #: ``  16    120   7070   4.27x   0.133`` (level, ops, ops/s, ratio, counter per op or n/a)
 LEVEL_ROW = re.compile(r"^\s*(1|16|256)\s+(\d+)\s+(\d+)\s+(\d+\.\d\d)x\s+(\d+\.\d{3}|n/a)$")
-#: ``memory   985   3283   0.65x   1.15   2.22`` (case, requests, req/s, ratio, p50 ms, p99 ms)
-HTTP_ROW = re.compile(r"^(\w+)\s+(\d+)\s+(\d+)\s+(\d+\.\d\d)x\s+(\d+\.\d\d)\s+(\d+\.\d\d)$")
+#: What the harness's summary holds per level and configuration.
+SUMMARY_KEYS = {
+    "rounds", "rps", "x_bare", "x_naive", "naive", "p50_ms", "p99_ms", "cpu_us_per_req", "cpu_us_over_bare",
+    "socket_errors", "non2xx", "lost",
+}
+#: The harness's --quick configurations (redis skipped, with its reason, if the server is down).
+QUICK_CONFIGS = {"bare", "memory", "naive-memory", "redis"}
 
 
-def run_bench(script: str, *args: str) -> str:
+def run_bench(script: str, *args: str, timeout: float = 180) -> str:
     """Run ``bench/<script> *args``; assert it exits 0; return its stdout."""
     proc = subprocess.run(
         [sys.executable, str(BENCH / script), *args],
-        capture_output=True, text=True, timeout=180, check=False,
+        capture_output=True, text=True, timeout=timeout, check=False,
     )
     assert proc.returncode == 0, f"{script} {args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -73,44 +91,118 @@ def check_levels(name: str, lines: list[str], counts: bool) -> None:
         assert per_op == ["n/a"] * 3
 
 
-def check_http(output: str, expect_rows: set[str], expect_skips: set[str]) -> None:
-    rows = {m.group(1): m for m in map(HTTP_ROW.match, output.splitlines()) if m}
-    assert set(rows) == expect_rows, f"expected ratio rows for {sorted(expect_rows)}:\n{output}"
-    assert rows["baseline"].group(4) == "1.00"
-    assert all(int(m.group(2)) > 0 for m in rows.values()), output
-    for case in expect_skips:
-        skip_line = re.search(rf"^{case}: skipped \(.+\)$", output, re.MULTILINE)
-        assert skip_line, f"no skip line for {case}:\n{output}"
+def require_harness_tools() -> None:
+    """wrk and matplotlib must be there (CI: fail; elsewhere: skip loudly)."""
+    if shutil.which("wrk") is None:
+        fail_or_skip("wrk is not installed (scripts/test.sh installs Debian's wrk as root)")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        fail_or_skip("matplotlib is not installed (pip install -e '.[test]')")
+
+
+def harness_outputs(output: str) -> tuple[dict[str, Any], pathlib.Path, pathlib.Path, pathlib.Path]:
+    """The JSON, and the JSON/.rst/.png paths, that a harness run printed."""
+    found = {m.group(1): pathlib.Path(m.group(2))
+             for m in re.finditer(r"^(results|report|chart): (\S+)$", output, re.MULTILINE)}
+    assert set(found) == {"results", "report", "chart"}, f"no output paths printed:\n{output}"
+    return json.loads(found["results"].read_text()), found["results"], found["report"], found["chart"]
+
+
+def check_harness(output: str, up: set[str]) -> None:
+    """The harness's --quick JSON has every key the docs page needs; the page and the chart exist."""
+    results, json_path, rst, png = harness_outputs(output)
+    try:
+        meta = results["meta"]
+        assert results["schema"] == 1 and meta["quick"] is True
+        assert meta["machine"]["cpu"] and meta["machine"]["cores"] >= 1, meta["machine"]
+        assert {"python", "tornado"} <= set(meta["versions"]) and meta["wrk"], meta
+        assert re.fullmatch(r"[0-9a-f]{40}", meta["library_checkout"]["commit"]), meta["library_checkout"]
+        assert meta["settings"]["levels"] == [1, 64] and meta["settings"]["rounds"] == 1
+
+        http = results["http"]
+        expected = {"bare", "memory", "naive-memory"} | ({"redis"} if "redis" in up else set())
+        assert {n for n, c in http["configs"].items() if c["status"] == "ok"} == expected, http["configs"]
+        if "redis" not in up:
+            assert http["configs"]["redis"]["status"] == "skipped", http["configs"]["redis"]
+        assert set(http["summary"]) == {"1", "64"}
+        for level, table in http["summary"].items():
+            assert set(table) == expected, (level, table)
+            for name, row in table.items():
+                assert set(row) == SUMMARY_KEYS, (level, name, row)
+                assert row["rps"] > 0 and row["x_bare"] > 0 and row["cpu_us_per_req"] is not None, row
+            assert table["bare"]["x_bare"] == 1.0 and table["bare"]["cpu_us_over_bare"] == 0
+            assert table["memory"]["naive"] == "naive-memory" and table["memory"]["x_naive"] > 0
+        assert {(r["config"], r["concurrency"]) for r in http["runs"]} == {
+            (n, c) for n in expected for c in (1, 64)}
+
+        micro = results["micro"]
+        assert set(micro) == {"ask", "work", "gc", "rss"}, micro
+        for callers in ("c1", "c64"):
+            assert {"ask_us", "queue_us", "ratio"} <= set(micro["ask"][callers])
+        assert micro["work"]["library_us"] > 0 and micro["work"]["naive_us"] > 0
+        for counts in (micro["work"]["counts_work"], *micro["work"]["counts_request"].values()):
+            assert {"deepcopy_top", "deepcopy_calls"} <= set(counts), counts
+        assert set(micro["gc"]["sizes"]) == {"1000", "10000"}
+        for g in micro["gc"]["sizes"].values():
+            assert {"gc_ms", "max_stall_ms", "dict_scan_ms", "expired"} <= set(g), g
+        assert micro["rss"]["library"]["growth_mib"] > 0 and micro["rss"]["reference"]["growth_mib"] > 0
+
+        assert results["chart"] is None, results["chart"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        page = rst.read_text()
+        assert page.startswith("Performance\n===") and f".. image:: {png.name}" in page, page[:500]
+        assert ".. list-table:: -c64" in page and "Memory provider GC pass" in page
+    finally:
+        shutil.rmtree(json_path.parent, ignore_errors=True)
 
 
 def test_run_all_quick_runs_every_bench_and_prints_ratios() -> None:
-    out = run_bench("run_all.py", "--quick")
-    batching, _, http = out.partition("### bench_http.py")
-    assert "### bench_batching.py --quick" in batching and http, out
+    up = {name for name in SERVERS if server_up(name)}
+    require_harness_tools()
+    out = run_bench("run_all.py", "--quick", timeout=600)
+    batching, _, harness = out.partition("### harness.py")
+    assert "### bench_batching.py --quick" in batching and harness, out
 
     found = sections(batching)
     assert list(found) == ["redis", "mysql", "postgresql", "file"], batching
     check_levels("file", found["file"], counts=False)
-    up = {name for name in SERVERS if server_up(name)}
     for name in SERVERS:
         if name in up:
             check_levels(name, found[name], counts=True)
         else:
             assert any(line.startswith(f"{name}: skipped (") for line in found[name]), found[name]
 
-    check_http(http, {"baseline", "memory", "cookie", *up}, set(SERVERS) - up)
+    check_harness(harness, up)
 
 
-def test_an_unreachable_server_is_skipped_with_its_reason() -> None:
+def test_an_unreachable_server_is_skipped_with_its_reason(tmp_path: pathlib.Path) -> None:
     closed = str(free_port())
     out = run_bench("bench_batching.py", "--quick", "--providers", "redis,file", "--redis-port", closed)
     found = sections(out)
     assert found["redis"][0] == f"redis: skipped (no redis server answers on 127.0.0.1:{closed})"
     check_levels("file", found["file"], counts=False)
 
-    out = run_bench("bench_http.py", "--quick", "--cases", "postgresql,memory", "--pg-port", closed)
-    check_http(out, {"baseline", "memory"}, {"postgresql"})
-    assert f"no postgresql server answers on 127.0.0.1:{closed}" in out
+    out = run_bench("harness.py", "--quick", "--configs", "postgresql,naive-postgresql", "--micro", "none",
+                    "--pg-port", closed, "--out-dir", str(tmp_path))
+    reason = f"no postgresql server answers on 127.0.0.1:{closed}"
+    assert f"postgresql: skipped ({reason})" in out and f"naive-postgresql: skipped ({reason})" in out, out
+    results = json.loads((tmp_path / "results.json").read_text())
+    configs = results["http"]["configs"]
+    assert configs["postgresql"] == {**configs["postgresql"], "status": "skipped", "reason": reason}
+    assert configs["naive-postgresql"]["status"] == "skipped"
+    if shutil.which("wrk"):
+        assert configs["bare"]["status"] == "ok" and set(results["http"]["summary"]["64"]) == {"bare"}
+    assert (tmp_path / "performance.rst").is_file()
+
+
+def test_harness_lists_its_configurations() -> None:
+    out = run_bench("harness.py", "--list")
+    names = {line.split()[0] for line in out.splitlines() if line.strip()}
+    backends = ("memory", "file", "redis", "mysql", "postgresql", "cookie")
+    assert {"bare", *backends, *(f"{b}-ro" for b in backends), *(f"naive-{b}" for b in backends),
+            "torndsession-memory", "torndsession-file", "torndsession-redis", "pycket-redis"} <= names
+    assert re.search(r"^redis_cluster\s+not included: needs a private Redis Cluster", out, re.MULTILINE), out
 
 
 def test_redis_only_bench_prints_round_trips_per_level() -> None:
