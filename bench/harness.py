@@ -539,9 +539,9 @@ def run_wrk(run: Run, server: Server, concurrency: int, seconds: int) -> dict[st
     if not run.args.no_pin and shutil.which("taskset"):
         cmd = ["taskset", "-c", WRK_CORE, *cmd]
     pid = server.proc.pid
-    cpu0 = cpu_seconds(pid)
+    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
-    cpu1 = cpu_seconds(pid)
+    cpu1, wall1 = cpu_seconds(pid), time.monotonic()
     found = [ln for ln in proc.stdout.splitlines() if ln.startswith("GSBENCH ")]
     if proc.returncode or not found:
         raise ServerError(
@@ -549,6 +549,7 @@ def run_wrk(run: Run, server: Server, concurrency: int, seconds: int) -> dict[st
     w = json.loads(found[-1][len("GSBENCH "):])
     requests = int(w["requests"])
     secs = w["duration_us"] / 1e6
+    errors = w["connect"] + w["read"] + w["write"] + w["timeout"] + w["non2xx"] + w["lost"]
     return {
         "requests": requests,
         "seconds": round(secs, 3),
@@ -560,7 +561,10 @@ def run_wrk(run: Run, server: Server, concurrency: int, seconds: int) -> dict[st
         "non2xx": w["non2xx"],
         "lost": w["lost"],
         "cpu_us_per_req": round((cpu1 - cpu0) * 1e6 / requests, 1) if requests else None,
+        # the share of core 0 the server got (near 1.0 when it is CPU-bound and undisturbed)
+        "server_cpu_share": round((cpu1 - cpu0) / (wall1 - wall0), 2) if wall1 > wall0 else None,
         "server_rss_mib": round(rss_mib(pid), 1),
+        **({"server_log_tail": server.log_tail(40)} if errors else {}),
     }
 
 
@@ -662,6 +666,8 @@ def summarize(rows: list[dict[str, Any]], levels: list[int], configs: dict[str, 
                 "cpu_us_per_req": _median(
                     [r["cpu_us_per_req"] for r in mine if r["cpu_us_per_req"] is not None]),
                 "cpu_us_over_bare": _median(over),
+                "cpu_share": _median([r["server_cpu_share"] for r in mine
+                                      if r.get("server_cpu_share") is not None]),
                 "socket_errors": sum(r["socket_errors"] for r in mine),
                 "non2xx": sum(r["non2xx"] for r in mine),
                 "lost": sum(r["lost"] for r in mine),
@@ -675,14 +681,14 @@ def print_summary(http: dict[str, Any], rounds: int) -> None:
     for level, table in http.get("summary", {}).items():
         print(f"\n-c{level}: median of {rounds} round(s); ratios to bare Tornado in the same round")
         print(f"{'configuration':<24} {'req/s':>8} {'x bare':>7} {'x naive':>8} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'CPU us/req':>10} {'over bare':>9} {'errors':>7}")
+              f"{'CPU us/req':>10} {'over bare':>9} {'share':>5} {'errors':>7}")
         for name, s in table.items():
             xn = f"{s['x_naive']:.2f}" if s["x_naive"] is not None else "-"
             over = f"{s['cpu_us_over_bare']:+.0f}" if s["cpu_us_over_bare"] is not None else "-"
             errs = s["socket_errors"] + s["non2xx"] + s["lost"]
             print(f"{name:<24} {s['rps'] or 0:>8.0f} {s['x_bare'] or 0:>7.2f} {xn:>8} "
                   f"{s['p50_ms'] or 0:>7.2f} {s['p99_ms'] or 0:>7.2f} {s['cpu_us_per_req'] or 0:>10.0f} "
-                  f"{over:>9} {errs:>7}")
+                  f"{over:>9} {s['cpu_share'] or 0:>5.2f} {errs:>7}")
 
 
 # ---------------------------------------------------------------- micro benchmarks
@@ -800,15 +806,21 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     import harness_report
 
+    rst = png = None
     if args.docs:
         rst, png = DOCS_RST, DOCS_PNG
-    else:
+    elif args.quick or args.out_dir:
         rst, png = out_dir / "performance.rst", out_dir / "performance.png"
-    harness_report.write(results, rst, png, json_name=_display(json_path))  # sets results["chart"]
+    if rst is not None and png is not None:
+        harness_report.write(results, rst, png, json_name=_display(json_path))  # sets results["chart"]
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nresults: {json_path}", flush=True)
-    chart = png if png.exists() else f"(not written: {results.get('chart')})"
-    print(f"report: {rst}\nchart: {chart}")
+    if rst is not None and png is not None:
+        chart = png if png.exists() else f"(not written: {results.get('chart')})"
+        print(f"report: {rst}\nchart: {chart}")
+    else:
+        print("docs not regenerated (a partial run); to write them: python3 bench/harness.py report "
+              f"{_display(json_path)} [--rst PATH --png PATH]")
     bad = [n for n, c in results["http"]["configs"].items() if c.get("status") == "failed"]
     bad += [f"micro {p}" for p, m in results["micro"].items() if m.get("status") == "failed"]
     if bad:

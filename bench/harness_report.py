@@ -66,7 +66,10 @@ What is measured
   and **over bare** subtracts bare Tornado's in the same round; **× naive**
   divides by the naive hand-written code on the same backend in the same
   round. Every figure is the median over {rounds} round(s); errors are
-  summed (socket errors / non-2xx / lost).
+  summed (socket errors / non-2xx / lost). **CPU share** is the server's CPU
+  seconds per second of the run: near 1.00 for a CPU-bound server that had
+  core 0 to itself, lower when it waited on its store or was crowded out by
+  other work on the machine (then req/s suffers, CPU µs/req much less).
 * **Micro benchmarks** run in fresh processes pinned to core 0, as medians of
   interleaved repetitions beside a baseline measured in the same process.
 
@@ -94,6 +97,11 @@ beside them. What their code does, read from it and seen in the runs:
 * ``pycket`` (0.3.0, 2013) reads the whole session from Redis on every
   ``get`` and does GET + SET + EXPIRE on every ``set``, synchronously, with a
   new client (and connection) per request; the id travels in a signed cookie.
+  On a request without its cookie every session access makes a new id (and
+  a new ``Set-Cookie``), so what the first request of a session stores is
+  written under an id the client never gets: a ``set`` then ``get`` in that
+  request reads ``None``. The harness only sends seeded cookies, so its runs
+  do not hit this.
 
 With ``force_persistence`` on (used here), torndsession saves during the
 request, before the response, as the library does.
@@ -156,7 +164,7 @@ def http_tables(results: dict[str, Any], before: dict[str, Any] | None) -> str:
     rounds = results["meta"]["settings"]["rounds"]
     for level, table in summary.items():
         header = ["configuration", "req/s", "× bare", "× naive", "p50 ms", "p99 ms", "CPU µs/req",
-                  "over bare", "errors"]
+                  "over bare", "CPU share", "errors"]
         if before is not None:
             header[3:3] = ["before × bare", "before over bare"]
         rows = []
@@ -164,7 +172,8 @@ def http_tables(results: dict[str, Any], before: dict[str, Any] | None) -> str:
             row = [
                 f"``{name}``", fmt(s["rps"], ",.0f"), fmt(s["x_bare"], ".2f"), fmt(s["x_naive"], ".2f"),
                 fmt(s["p50_ms"], ".2f"), fmt(s["p99_ms"], ".2f"), fmt(s["cpu_us_per_req"], ".0f"),
-                fmt(s["cpu_us_over_bare"], "+.0f"), f"{s['socket_errors']} / {s['non2xx']} / {s['lost']}",
+                fmt(s["cpu_us_over_bare"], "+.0f"), fmt(s.get("cpu_share"), ".2f"),
+                f"{s['socket_errors']} / {s['non2xx']} / {s['lost']}",
             ]
             if before is not None:
                 b = before_summary.get(level, {}).get(name, {})
@@ -317,8 +326,8 @@ def chart(results: dict[str, Any], png: pathlib.Path, before: dict[str, Any] | N
         ax.set_xlabel("req/s ÷ bare Tornado (same round)")
         ax.set_xlim(0, max(1.1, max(vals, default=1) * 1.1))
         ax.grid(axis="x", alpha=0.3)
+        ax.set_ylim(len(names) - 0.5, -0.5)
     axes[0][0].set_yticks(ypos, names)
-    axes[0][0].invert_yaxis()
     if before is not None:
         axes[0][0].legend(loc="lower right", fontsize="small")
     m = results["meta"]

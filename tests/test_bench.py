@@ -40,7 +40,7 @@ LEVEL_ROW = re.compile(r"^\s*(1|16|256)\s+(\d+)\s+(\d+)\s+(\d+\.\d\d)x\s+(\d+\.\
 #: What the harness's summary holds per level and configuration.
 SUMMARY_KEYS = {
     "rounds", "rps", "x_bare", "x_naive", "naive", "p50_ms", "p99_ms", "cpu_us_per_req", "cpu_us_over_bare",
-    "socket_errors", "non2xx", "lost",
+    "cpu_share", "socket_errors", "non2xx", "lost",
 }
 #: The harness's --quick configurations (redis skipped, with its reason, if the server is down).
 QUICK_CONFIGS = {"bare", "memory", "naive-memory", "redis"}
