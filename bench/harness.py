@@ -258,7 +258,8 @@ def wrk_version() -> str:
     if not shutil.which("wrk"):
         return ""
     out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    return (out.stdout or out.stderr).splitlines()[0].strip() if (out.stdout or out.stderr) else "wrk"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0].split(" Copyright")[0].strip() if text else "wrk"
 
 
 # ---------------------------------------------------------------- /proc

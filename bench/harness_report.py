@@ -1,7 +1,7 @@
 """Turn a ``bench/harness.py`` JSON into ``docs/performance.rst`` and its PNG chart.
 
     python3 bench/harness.py report bench/results/RESULTS.json [--compare BEFORE.json]
-        [--rst docs/performance.rst] [--png docs/_static/performance.png]
+        [--rst docs/performance.rst] [--png docs/_static/performance.png] [--note TEXT]
 
 The page is generated whole: edit the prose here, not in the ``.rst``. The
 chart needs matplotlib (the ``test`` extra installs it); without it the page
@@ -145,7 +145,7 @@ def meta_block(results: dict[str, Any], label: str = "") -> str:
         f"* Python {ver['python']}, Tornado {ver['tornado']}, msgpack {ver.get('msgpack', '?')}, "
         f"redis-py {ver.get('redis', '?')}, aiomysql {ver.get('aiomysql', '?')}, "
         f"asyncpg {ver.get('asyncpg', '?')}, cryptography {ver.get('cryptography', '?')}; "
-        f"{m.get('wrk') or 'no wrk'}",
+        f"{(m.get('wrk') or 'no wrk').split(' Copyright')[0]}",
         f"* peers: {peer_text}",
         f"* {s['rounds']} round(s) × {s['seconds']} s at -c{', -c'.join(map(str, s['levels']))}, "
         f"{s['sessions']:,} sessions, pinned: {'yes' if s['pinned'] else 'no'}",
@@ -245,8 +245,9 @@ def micro_tables(results: dict[str, Any], before: dict[str, Any] | None) -> str:
                 "``copy.deepcopy`` from cProfile (top-level calls and calls with recursion). A whole "
                 "request runs through ``Application(request)`` on a dummy connection; futures made "
                 "directly by C code or by ``gather`` are not seen.\n\n")
-        out += _table("per-request counts", ["", "Tasks", "futures", "timers", "wait_for", "shield", "gather",
-                                              "deepcopy", "deepcopy (all)"], crow) + "\n"
+        header = ["what", "Tasks", "futures", "timers", "wait_for", "shield", "gather", "deepcopy",
+                  "deepcopy (all)"]
+        out += _table("per-request counts", header, crow) + "\n"
     gc = micro.get("gc")
     if gc and "sizes" in gc:
         out += _section("Memory provider GC pass", "~")
@@ -308,7 +309,8 @@ def chart(results: dict[str, Any], png: pathlib.Path, before: dict[str, Any] | N
     levels = list(summary)
     names = list(dict.fromkeys(n for t in summary.values() for n in t))
     height = max(3.0, 0.32 * len(names) + 1.4)
-    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels) + 1.8, height), sharey=True,
+    fig, axes = plt.subplots(1, len(levels), figsize=(max(8.0, 4.2 * len(levels) + 1.8), height + 0.4),
+                             sharey=True,
                              squeeze=False)
     ypos = list(range(len(names)))
     for ax, level in zip(axes[0], levels, strict=True):
@@ -331,8 +333,9 @@ def chart(results: dict[str, Any], png: pathlib.Path, before: dict[str, Any] | N
     if before is not None:
         axes[0][0].legend(loc="lower right", fontsize="small")
     m = results["meta"]
-    fig.suptitle(f"gosession-tornado vs bare Tornado, naive code and peers — {m['date']}, "
-                 f"{m['machine']['cpu']} × {m['machine']['cores']}", fontsize="medium")
+    fig.suptitle(f"gosession-tornado ({m['label']}), naive code and peers vs bare Tornado\n"
+                 f"{m['date']}, {m['machine']['cpu']} × {m['machine']['cores']} cores, "
+                 f"median of {m['settings']['rounds']} round(s)", fontsize="medium")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)
@@ -341,10 +344,12 @@ def chart(results: dict[str, Any], png: pathlib.Path, before: dict[str, Any] | N
 
 
 def render(results: dict[str, Any], rst: pathlib.Path, png: pathlib.Path, json_name: str,
-           before: dict[str, Any] | None = None, chart_problem: str | None = None) -> str:
-    """The page's text."""
+           before: dict[str, Any] | None = None, chart_problem: str | None = None, note: str = "") -> str:
+    """The page's text (*note*, if given, goes first, as a ``.. note::``)."""
     s = results["meta"]["settings"]
     out = _section("Performance", "=")
+    if note:
+        out += ".. note::\n\n" + "".join(f"   {line}\n" for line in note.splitlines()) + "\n"
     out += INTRO.format(json_name=json_name, sessions=s["sessions"], seconds=s["seconds"],
                         warmup=s.get("warmup_s", 1), rounds=s["rounds"])
     out += "\n" + _section("This run")
@@ -365,14 +370,14 @@ def render(results: dict[str, Any], rst: pathlib.Path, png: pathlib.Path, json_n
 
 
 def write(results: dict[str, Any], rst: pathlib.Path, png: pathlib.Path, json_name: str,
-          before: dict[str, Any] | None = None) -> None:
+          before: dict[str, Any] | None = None, note: str = "") -> None:
     """Write the chart (if matplotlib is there) and the page; the chart's problem goes into *results*."""
     problem = chart(results, png, before)
     results["chart"] = problem
     if problem:
         print(f"chart not written: {problem}")
     rst.parent.mkdir(parents=True, exist_ok=True)
-    rst.write_text(render(results, rst, png, json_name, before, problem), encoding="utf-8")
+    rst.write_text(render(results, rst, png, json_name, before, problem, note), encoding="utf-8")
 
 
 def main(argv: list[str]) -> int:
@@ -382,6 +387,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--compare", help="a second JSON (e.g. a --before run) shown beside")
     p.add_argument("--rst", default=str(ROOT / "docs" / "performance.rst"))
     p.add_argument("--png", default=str(ROOT / "docs" / "_static" / "performance.png"))
+    p.add_argument("--note", default="", help="reStructuredText put at the top of the page in a note")
     a = p.parse_args(argv)
     path = pathlib.Path(a.results)
     results = json.loads(path.read_text())
@@ -390,6 +396,6 @@ def main(argv: list[str]) -> int:
         name = str(path.resolve().relative_to(ROOT))
     except ValueError:
         name = str(path)
-    write(results, pathlib.Path(a.rst), pathlib.Path(a.png), name, before)
+    write(results, pathlib.Path(a.rst), pathlib.Path(a.png), name, before, a.note)
     print(f"wrote {a.rst} and {a.png}")
     return 0
