@@ -2,7 +2,7 @@
 
 One asyncio task owns a :class:`~gosession_tornado.provider.Provider` and takes
 :class:`Envelope` objects (a message and, for an *ask*, a reply future) from
-an :class:`asyncio.Queue` mailbox. What holds:
+its mailbox. What holds:
 
 * The provider is only ever called from the actor task, one batch at a time,
   so its state needs no locks.
@@ -19,14 +19,31 @@ an :class:`asyncio.Queue` mailbox. What holds:
 * :meth:`ActorRef.close` lets the batch in progress finish, fails every queued
   and every later ask with :class:`~gosession_tornado.errors.ProviderClosedError`,
   then closes the provider (inside the actor) and ends the task.
+
+How it stays cheap (an ask costs about what a bare :class:`asyncio.Queue`
+round trip costs, and much less per call when callers queue up together):
+
+* The mailbox is a :class:`collections.deque`; an idle actor waits on one
+  future that the next :meth:`~ActorRef.ask` or :meth:`~ActorRef.tell`
+  settles. An ask creates one future (its reply) and nothing else: no Task,
+  no ``wait_for``, no ``shield``.
+* Deadlines are enforced by **one** timer per actor, a *deadline sweep*. An
+  unanswered ask is either in the mailbox or in the batch in progress; the
+  timer is armed no later than the earliest of their deadlines and, when it
+  fires, fails every ask whose deadline has passed (futures are settled only
+  if not done) and re-arms itself for the next one. An ask costs the timer
+  nothing unless no timer is armed or its own timeout is shorter than the
+  actor's. The batch in progress is covered by the same timer: a batch
+  running past its deadline is cancelled by cancelling the actor task, which
+  then answers the batch with ``ProviderUnavailableError`` and goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import collections
 import logging
-import time
+import math
 from typing import Any
 
 from .errors import ProviderClosedError, ProviderUnavailableError
@@ -40,23 +57,42 @@ log = logging.getLogger("gosession_tornado.actor")
 DEFAULT_MAX_BATCH = 256
 
 
-@dataclasses.dataclass
 class Envelope:
-    """A message on its way to the actor, with the future its reply settles."""
+    """A message on its way to the actor, with the future its reply settles.
 
-    message: Message
-    reply: asyncio.Future[Any] | None
-    enqueued: float = dataclasses.field(default_factory=time.monotonic)
+    :attr:`enqueued` is the event loop's clock (:meth:`asyncio.AbstractEventLoop.time`,
+    seconds) when the message was sent; :attr:`deadline` is when an ask gives
+    up (``math.inf`` for a tell).
+    """
+
+    __slots__ = ("deadline", "enqueued", "message", "reply")
+
+    def __init__(
+        self,
+        message: Message,
+        reply: asyncio.Future[Any] | None,
+        enqueued: float,
+        deadline: float = math.inf,
+    ) -> None:
+        self.message = message
+        self.reply = reply
+        self.enqueued = enqueued
+        self.deadline = deadline
+
+    def __repr__(self) -> str:
+        return f"<Envelope {self.message.kind} ask={self.reply is not None}>"
 
 
-@dataclasses.dataclass
 class KindStats:
     """Counters for one message kind. Latencies are in seconds, enqueue to reply."""
 
-    calls: int = 0
-    errors: int = 0
-    total_latency: float = 0.0
-    max_latency: float = 0.0
+    __slots__ = ("calls", "errors", "max_latency", "total_latency")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors = 0
+        self.total_latency = 0.0
+        self.max_latency = 0.0
 
     def as_dict(self) -> dict[str, float]:
         mean = self.total_latency / self.calls if self.calls else 0.0
@@ -72,7 +108,8 @@ class ActorRef:
     """Handle to a provider running in its own actor task.
 
     :param provider: the provider instance the actor owns.
-    :param timeout: seconds an ask may take, queueing included (default 5).
+    :param timeout: seconds an ask may take, queueing included (default 5);
+        also the longest one batch may run inside the provider.
     :param max_batch: most messages handed to one ``handle_batch`` call.
     """
 
@@ -88,13 +125,24 @@ class ActorRef:
         self.name = name
         self.timeout = timeout
         self.max_batch = max_batch
-        self._mailbox: asyncio.Queue[Envelope | None] = asyncio.Queue()
+        self._mailbox: collections.deque[Envelope] = collections.deque()
+        #: Set while the actor waits for mail; the next message settles it.
+        self._wakeup: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
         self._stats: dict[str, KindStats] = {}
         self.batches = 0
         self.largest_batch = 0
+        #: The batch inside the provider now (empty between batches).
+        self._current: list[Envelope] = []
+        # The deadline sweep: one timer, armed no later than the earliest deadline.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        #: Deadline of the batch inside the provider now (``math.inf``: none).
+        self._batch_deadline = math.inf
+        self._batch_timed_out = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -111,9 +159,8 @@ class ActorRef:
         """
         if self._task is not None:
             return
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"gosession-actor-{self.name}"
-        )
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name=f"gosession-actor-{self.name}")
         try:
             await self.ask(Init(max_lifetime, config))
         except BaseException:
@@ -132,57 +179,110 @@ class ActorRef:
             return
         if not self._closing:
             self._closing = True
-            self._mailbox.put_nowait(None)  # wake the actor
+            self._wake()
         await self._closed.wait()
 
     # ------------------------------------------------------------ calls
 
     def mailbox_depth(self) -> int:
         """Messages waiting in the mailbox right now."""
-        return self._mailbox.qsize()
+        return len(self._mailbox)
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Per message kind: calls, errors, mean and max latency in milliseconds."""
         return {kind: s.as_dict() for kind, s in sorted(self._stats.items())}
 
-    async def ask(self, message: Message, *, timeout: float | None = None) -> Any:
-        """Send *message* and await the provider's reply.
+    def ask(self, message: Message, *, timeout: float | None = None) -> asyncio.Future[Any]:
+        """Send *message*; the returned future settles with the provider's reply.
 
-        :raises ProviderClosedError: if the actor is closed or closes meanwhile.
-        :raises ProviderUnavailableError: if no reply came within *timeout*
-            seconds (default: the actor's ``timeout``).
-        :raises Exception: whatever the provider raised for this message.
+        Await it. Cancelling the awaiting task cancels the future, and the
+        actor then skips the message if it has not run yet.
+
+        :raises ProviderClosedError: (at once) if the actor is closed, or
+            (from the future) if it closes before answering.
+        :raises ProviderUnavailableError: (from the future) if no reply came
+            within *timeout* seconds (default: the actor's ``timeout``).
+        :raises Exception: (from the future) whatever the provider raised for
+            this message.
         """
-        if self._closing or self._task is None:
+        loop = self._loop
+        if self._closing or loop is None:
             raise ProviderClosedError(
                 f"session provider {self.name!r} is closed; start the SessionManager "
                 "(await manager.start()) before using it"
             )
-        loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._mailbox.put_nowait(Envelope(message, fut))
-        limit = self.timeout if timeout is None else timeout
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), limit)
-        except TimeoutError:
-            if not fut.done():
-                fut.cancel()  # tells the actor to skip it if still queued
-            self._record(message.kind, time.monotonic() - limit, error=True)
-            raise ProviderUnavailableError(
-                f"session provider {self.name!r} did not answer a {message.kind!r} call within "
-                f"{limit:g} s; is its server up? (raise provider_timeout if it is just slow)"
-            ) from None
-        except asyncio.CancelledError:
-            if not fut.done():
-                fut.cancel()
-            raise
+        now = loop.time()
+        deadline = now + (self.timeout if timeout is None else timeout)
+        if deadline < self._timer_at:
+            self._arm(deadline)
+        self._mailbox.append(Envelope(message, fut, now, deadline))
+        waiter = self._wakeup
+        if waiter is not None:
+            self._wakeup = None
+            waiter.set_result(None)
+        return fut
 
     def tell(self, message: Message) -> None:
         """Send *message* without waiting; a failure is logged, never raised."""
-        if self._closing or self._task is None:
+        loop = self._loop
+        if self._closing or loop is None:
             log.debug("tell(%s) to closed provider %r dropped", message.kind, self.name)
             return
-        self._mailbox.put_nowait(Envelope(message, None))
+        self._mailbox.append(Envelope(message, None, loop.time()))
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None:
+            self._wakeup = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------ deadlines
+
+    def _arm(self, when: float) -> None:
+        """(Re-)arm the sweep timer for loop time *when*, if that is earlier than now armed."""
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail every ask past its deadline, cancel a batch past its own, re-arm."""
+        assert self._loop is not None
+        self._timer = None
+        self._timer_at = math.inf
+        now = self._loop.time()
+        nxt = math.inf
+        for queue in (self._current, self._mailbox):
+            for env in queue:
+                reply = env.reply
+                if reply is None or reply.done():
+                    continue
+                if env.deadline <= now:
+                    self._time_out(env)
+                elif env.deadline < nxt:
+                    nxt = env.deadline
+        if self._batch_deadline <= now and not self._batch_timed_out and self._task is not None:
+            self._batch_timed_out = True
+            self._task.cancel()
+        if not self._batch_timed_out and self._batch_deadline < nxt:
+            nxt = self._batch_deadline
+        if nxt < math.inf:
+            self._arm(nxt)
+
+    def _time_out(self, env: Envelope) -> None:
+        assert env.reply is not None
+        limit = env.deadline - env.enqueued
+        self._record(env.message.kind, env.enqueued, error=True)
+        env.reply.set_exception(
+            ProviderUnavailableError(
+                f"session provider {self.name!r} did not answer a {env.message.kind!r} call within "
+                f"{limit:g} s; is its server up? (raise provider_timeout if it is just slow)"
+            )
+        )
 
     # ------------------------------------------------------------ the actor
 
@@ -190,7 +290,8 @@ class ActorRef:
         st = self._stats.get(kind)
         if st is None:
             st = self._stats[kind] = KindStats()
-        latency = time.monotonic() - started
+        assert self._loop is not None
+        latency = self._loop.time() - started
         st.calls += 1
         if error:
             st.errors += 1
@@ -199,63 +300,91 @@ class ActorRef:
             st.max_latency = latency
 
     async def _run(self) -> None:
+        loop = self._loop
+        task = self._task
+        assert loop is not None and task is not None
+        provider = self.provider
+        stats = self._stats
         try:
             while True:
-                first = await self._mailbox.get()
-                batch: list[Envelope] = [] if first is None else [first]
-                while len(batch) < self.max_batch:
-                    try:
-                        item = self._mailbox.get_nowait()
-                    except asyncio.QueueEmpty:
+                mailbox = self._mailbox
+                if not mailbox:
+                    if self._closing:
                         break
-                    if item is not None:
-                        batch.append(item)
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    self._wakeup = waiter
+                    await waiter
+                    continue
+                if len(mailbox) <= self.max_batch:
+                    self._mailbox = collections.deque()
+                else:
+                    mailbox = collections.deque(mailbox.popleft() for _ in range(self.max_batch))
                 # Skip asks whose caller has given up (timed out or cancelled).
-                live = [e for e in batch if e.reply is None or not e.reply.done()]
+                batch = [e for e in mailbox if e.reply is None or not e.reply.done()]
                 if self._closing:
-                    # Init may still run (start() racing close()); everything else fails.
-                    self._fail(live)
+                    self._fail(batch)
                     break
-                if live:
-                    await self._handle(live)
-        finally:
-            await self._shutdown()
-
-    async def _handle(self, batch: list[Envelope]) -> None:
-        self.batches += 1
-        if len(batch) > self.largest_batch:
-            self.largest_batch = len(batch)
-        messages = [e.message for e in batch]
-        try:
-            outcomes = await asyncio.wait_for(self.provider.handle_batch(messages), self.timeout)
-            if len(outcomes) != len(batch):
-                raise RuntimeError(
-                    f"{type(self.provider).__name__}.handle_batch returned {len(outcomes)} "
-                    f"results for {len(batch)} messages"
-                )
-        except TimeoutError:
-            exc: BaseException = ProviderUnavailableError(
-                f"session provider {self.name!r} took longer than {self.timeout:g} s; "
-                "is its server up?"
-            )
-            outcomes = [exc] * len(batch)
-        except Exception as exc2:  # the whole batch failed
-            outcomes = [exc2] * len(batch)
-        for env, outcome in zip(batch, outcomes):
-            failed = isinstance(outcome, BaseException)
-            if env.reply is not None and env.reply.done():
-                continue  # the caller timed out and was counted then
-            self._record(env.message.kind, env.enqueued, error=failed)
-            if env.reply is None:
-                if failed:
-                    log.warning(
-                        "session provider %r: %s failed: %s", self.name, env.message.kind, outcome
+                if not batch:
+                    continue
+                # -- one batch ------------------------------------------------
+                n = len(batch)
+                self.batches += 1
+                if n > self.largest_batch:
+                    self.largest_batch = n
+                self._current = batch
+                deadline = loop.time() + self.timeout
+                self._batch_deadline = deadline
+                if deadline < self._timer_at:
+                    self._arm(deadline)
+                outcomes: list[Any]
+                try:
+                    outcomes = await provider.handle_batch([e.message for e in batch])
+                    if len(outcomes) != n:
+                        raise RuntimeError(
+                            f"{type(provider).__name__}.handle_batch returned {len(outcomes)} "
+                            f"results for {n} messages"
+                        )
+                except asyncio.CancelledError:
+                    if not self._batch_timed_out:
+                        raise  # the actor itself is being cancelled
+                    exc: BaseException = ProviderUnavailableError(
+                        f"session provider {self.name!r} took longer than {self.timeout:g} s; "
+                        "is its server up?"
                     )
-                continue
-            if failed:
-                env.reply.set_exception(outcome)
-            else:
-                env.reply.set_result(outcome)
+                    outcomes = [exc] * n
+                except Exception as exc2:  # the whole batch failed
+                    outcomes = [exc2] * n
+                finally:
+                    if self._batch_timed_out and task.cancelling():
+                        task.uncancel()  # our own cancel: the actor goes on
+                    self._current = []
+                    self._batch_deadline = math.inf
+                    self._batch_timed_out = False
+                now = loop.time()
+                for env, outcome in zip(batch, outcomes):
+                    reply = env.reply
+                    if reply is not None and reply.done():
+                        continue  # the caller timed out (counted then) or went away
+                    kind = env.message.kind
+                    st = stats.get(kind)
+                    if st is None:
+                        st = stats[kind] = KindStats()
+                    latency = now - env.enqueued
+                    st.calls += 1
+                    st.total_latency += latency
+                    if latency > st.max_latency:
+                        st.max_latency = latency
+                    if isinstance(outcome, BaseException):
+                        st.errors += 1
+                        if reply is None:
+                            log.warning("session provider %r: %s failed: %s", self.name, kind, outcome)
+                        else:
+                            reply.set_exception(outcome)
+                    elif reply is not None:
+                        reply.set_result(outcome)
+        finally:
+            self._wakeup = None
+            await self._shutdown()
 
     def _fail(self, batch: list[Envelope]) -> None:
         for env in batch:
@@ -267,16 +396,14 @@ class ActorRef:
     async def _shutdown(self) -> None:
         self._closing = True
         # Anything that slipped in meanwhile fails too.
-        while True:
-            try:
-                item = self._mailbox.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            if item is not None:
-                self._fail([item])
+        self._fail(list(self._mailbox))
+        self._mailbox.clear()
         try:
             await asyncio.wait_for(self.provider.dispatch(Close()), self.timeout)
         except (TimeoutError, Exception) as exc:
             log.warning("session provider %r: close failed: %s", self.name, exc)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = math.inf
         self._closed.set()
-

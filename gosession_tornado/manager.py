@@ -25,8 +25,8 @@ import re
 import secrets
 import time
 import warnings
-from collections.abc import Generator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tornado.ioloop import PeriodicCallback
 
@@ -53,6 +53,33 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SessionManager", "Stats"]
 
+_T = TypeVar("_T")
+
+
+def _then(fut: asyncio.Future[_T], step: Callable[[_T], None]) -> asyncio.Future[None]:
+    """A future that settles after *step* ran on *fut*'s result (or with *fut*'s error)."""
+    out: asyncio.Future[None] = fut.get_loop().create_future()
+
+    def done(f: asyncio.Future[_T]) -> None:
+        if out.done():
+            return
+        if f.cancelled():
+            out.cancel()
+            return
+        exc = f.exception()
+        if exc is not None:
+            out.set_exception(exc)
+            return
+        try:
+            step(f.result())
+        except Exception as err:
+            out.set_exception(err)
+        else:
+            out.set_result(None)
+
+    fut.add_done_callback(done)
+    return out
+
 log = logging.getLogger("gosession_tornado")
 
 _STATE_ATTR = "_gosession_state"
@@ -60,6 +87,8 @@ _STATE_ATTR = "_gosession_state"
 
 class _RequestState:
     """Per-request bookkeeping kept on the handler."""
+
+    __slots__ = ("cookie_issued", "cookies", "cookies_done", "sessions")
 
     def __init__(self) -> None:
         #: cookie name -> full Set-Cookie header value, applied before headers go out
@@ -114,6 +143,26 @@ def apply_cookies(handler: Any) -> bool:
         headers.add("Set-Cookie", value)
     state.cookies_done = dict(state.cookies)
     return True
+
+
+def cookie_value(header: str, name: str) -> str | None:
+    """The value of cookie *name* in a ``Cookie`` request header, or ``None``.
+
+    Parses like :func:`tornado.httputil.parse_cookie` (pairs split on ``;``,
+    names and values stripped, the last pair of a name wins, a value in double
+    quotes loses them) but looks only for *name*, so a request pays for one
+    cookie, not for building a :class:`http.cookies.SimpleCookie` of all.
+    """
+    if name not in header:
+        return None
+    value: str | None = None
+    for chunk in header.split(";"):
+        key, sep, val = chunk.partition("=")
+        if sep and key.strip() == name:
+            value = val.strip()
+    if value is not None and len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        value = value[1:-1]
+    return value
 
 
 class Stats(dict[str, Any]):
@@ -267,12 +316,12 @@ class SessionManager:
     def _raw_from_request(self, handler: RequestHandler) -> str | None:
         c = self.config
         value: str | None = None
-        try:
-            value = handler.get_cookie(c.cookie_name)
-        except Exception:  # a malformed Cookie header is just "no cookie"
-            value = None
+        headers = handler.request.headers
+        cookie_header = headers.get("Cookie")
+        if cookie_header:
+            value = cookie_value(cookie_header, c.cookie_name)
         if not value and c.enable_sid_in_http_header:
-            value = handler.request.headers.get(c.header_name)
+            value = headers.get(c.header_name)
         if not value and c.enable_sid_in_url_query:
             raw = handler.request.query_arguments.get(c.cookie_name)
             if raw:
@@ -393,25 +442,30 @@ class SessionManager:
         existing = state.sessions.get(id(self))
         if existing is not None and not existing.destroyed:
             return existing
-        await self.ensure_started()
+        actor = self._actor
+        if actor is None or not actor.running:
+            await self.ensure_started()
+            actor = self._actor
+            assert actor is not None
         raw = self._raw_from_request(handler)
         session: Session | None = None
-        if self.client_side:
-            if raw:
-                decoded = await self._ask(DecodeCookie(raw))
-                if decoded is not None:
-                    # a DecodedCookie, or a plain (sid, data, expiry) from an older provider
-                    sid, data, expiry = decoded[0], decoded[1], decoded[2]
-                    reissue = bool(getattr(decoded, "reissue", False))
-                    session = Session(self, sid, data, expiry=expiry, save_if_unmodified=reissue)
-        elif raw is not None and self.valid_sid(raw):
-            data = await self._ask(Read(raw))
+        if raw is None:
+            pass
+        elif self.client_side:
+            decoded = await actor.ask(DecodeCookie(raw))
+            if decoded is not None:
+                # a DecodedCookie, or a plain (sid, data, expiry) from an older provider
+                sid, data, expiry = decoded[0], decoded[1], decoded[2]
+                reissue = bool(getattr(decoded, "reissue", False))
+                session = Session(self, sid, data, expiry=expiry, save_if_unmodified=reissue)
+        elif self._sid_re.match(raw) is not None:
+            data = await actor.ask(Read(raw))
             if data is not None:
                 session = Session(self, raw, data)
-                if self.config.enable_sid_in_http_header and not getattr(handler, "_headers_written", False):
+                if self.config.enable_sid_in_http_header and not handler._headers_written:
                     handler.set_header(self.config.header_name, raw)
         if session is None:
-            session = Session(self, self.new_sid(), {}, is_new=True)
+            session = Session(self, self.new_sid(), None, is_new=True)
             if not self.client_side:
                 self._issue(handler, session)
         state.sessions[id(self)] = session
@@ -432,29 +486,65 @@ class SessionManager:
         :raises ProviderUnavailableError: if the provider is down or slow.
         :raises CookieTooLargeError: (cookie provider) if the cookie would be too large.
         """
+        fut = self.release_nowait(session, handler)
+        if fut is not None:
+            await fut
+
+    def release_nowait(
+        self, session: Session, handler: RequestHandler | None = None
+    ) -> asyncio.Future[None] | None:
+        """Start saving *session* (see :meth:`release_session`) without a coroutine.
+
+        Returns ``None`` when the save is already complete (nothing to write,
+        or a provider whose store lives in this process, which applies its
+        mailbox in order, so every later read sees the change), else a future
+        that settles when it is. The mixin's ``finish()`` uses this so that a
+        request's save costs no Task.
+
+        :raises ProviderClosedError: if the manager was closed.
+        """
         if session.destroyed:
-            return
+            return None
         if session.expiry is not None and session.expiry < 0:
-            await self._destroy_session(session, handler)
-            return
+            return asyncio.ensure_future(self._destroy_session(session, handler))
         if not session.needs_save():
-            return
-        expiry_changed = session._expiry_changed or session._cookie_changed
-        was_new = session.is_new
+            return None
+        actor = self._actor
+        if actor is None or not actor.running:
+            return asyncio.ensure_future(self._release_after_start(session, handler))
         lifetime = self.server_lifetime(session)
         if self.client_side:
-            value = await self._ask(EncodeCookie(session.session_id, session._record(), lifetime))
-            session._mark_saved()
-            self._issue(handler, session, value)
-            return
-        changes = session.changes()
-        await self._ask(Release(session.session_id, changes, lifetime))
+            reply = actor.ask(EncodeCookie(session.session_id, session._record(), lifetime))
+            return _then(reply, lambda value: self._encoded(session, handler, value))
+        message = Release(session.session_id, session.changes(), lifetime)
+        if self._provider_cls.in_process:
+            actor.tell(message)
+            self._released(session, handler)
+            return None
+        return _then(actor.ask(message), lambda _: self._released(session, handler))
+
+    async def _release_after_start(self, session: Session, handler: RequestHandler | None) -> None:
+        await self.ensure_started()
+        fut = self.release_nowait(session, handler)
+        if fut is not None:
+            await fut
+
+    def _encoded(self, session: Session, handler: RequestHandler | None, value: str) -> None:
+        """A client-side session was encoded into cookie *value*: issue it."""
+        session._mark_saved()
+        self._issue(handler, session, value)
+
+    def _released(self, session: Session, handler: RequestHandler | None) -> None:
+        """*session*'s changes are stored: mark it saved, (re)issue its cookie if due."""
+        expiry_changed = session._expiry_changed or session._cookie_changed
+        was_new = session.is_new
         issued = handler is not None and id(session) in request_state(handler).cookie_issued
         session._mark_saved()
         # A cookie with a Max-Age slides with use (gorilla re-sends it on every save),
         # so a "remember me" cookie expires max-age after the last change, like the record.
-        sliding = self.cookie_max_age(session) is not None
-        if handler is not None and (expiry_changed or sliding or (was_new and not issued)):
+        if handler is not None and (
+            expiry_changed or (was_new and not issued) or self.cookie_max_age(session) is not None
+        ):
             self._issue(handler, session)
 
     async def session_destroy(self, handler: RequestHandler) -> None:

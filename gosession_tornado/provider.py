@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+from . import codec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import ManagerConfig
@@ -64,7 +66,6 @@ class DecodedCookie(NamedTuple):
     reissue: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
 class Changes:
     """What one request did to a session: the delta a release applies.
 
@@ -73,25 +74,69 @@ class Changes:
     :attr:`set`. Keys neither set nor deleted keep whatever value the store
     holds *now*, which is what prevents lost updates between concurrent
     requests.
+
+    A :class:`~gosession_tornado.Session` builds its changes from the msgpack
+    bytes it made when each value was set (:meth:`Session.set
+    <gosession_tornado.Session.set>` encodes to check that a value
+    serializes), so a value is encoded once per request: :meth:`encoded_items`
+    hands those bytes to stores that keep one field per key (Redis), and
+    :attr:`set` decodes them, on first use, for stores that merge into a
+    decoded record. Either way the value stored is the one the key had when
+    it was last set, never an object shared with the request.
     """
 
-    #: Keys assigned during the request, with their final values.
-    set: dict[Any, Any] = dataclasses.field(default_factory=dict)
-    #: Keys deleted during the request (and not set again afterwards).
-    deleted: frozenset[Any] = frozenset()
-    #: ``session.flush()`` was called: clear the stored record first.
-    flushed: bool = False
-    #: The record may be created if missing (a new session). When False and the
-    #: record is gone (destroyed or expired meanwhile), the release must not
-    #: resurrect it.
-    create: bool = False
-    #: The full data the request ended with; only client-side providers (cookie) need it.
-    full: dict[Any, Any] | None = None
+    __slots__ = ("_encoded", "_set", "create", "deleted", "flushed", "full")
+
+    def __init__(
+        self,
+        set: dict[Any, Any] | None = None,
+        deleted: frozenset[Any] = frozenset(),
+        flushed: bool = False,
+        create: bool = False,
+        full: dict[Any, Any] | None = None,
+        *,
+        encoded: dict[Any, tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self._set = set
+        self._encoded = encoded
+        #: Keys deleted during the request (and not set again afterwards).
+        self.deleted = deleted
+        #: ``session.flush()`` was called: clear the stored record first.
+        self.flushed = flushed
+        #: The record may be created if missing (a new session). When False and the
+        #: record is gone (destroyed or expired meanwhile), the release must not
+        #: resurrect it.
+        self.create = create
+        #: The full data the request ended with; only client-side providers (cookie) need it.
+        self.full = full
+
+    @property
+    def set(self) -> dict[Any, Any]:
+        """Keys assigned during the request, with their final values (decoded on first use)."""
+        if self._set is None:
+            enc = self._encoded
+            self._set = {k: codec.decode(v) for k, (_, v) in enc.items()} if enc else {}
+        return self._set
+
+    def encoded_items(self) -> list[tuple[bytes, bytes]]:
+        """``(codec.encode(key), codec.encode(value))`` for every key in :attr:`set`.
+
+        The bytes the session made at ``set()`` time when it has them, else
+        encoded now.
+
+        :raises TypeError: if a key or value cannot be serialized (only for
+            changes not built by a session, which checks at ``set()`` time).
+        """
+        if self._encoded is not None:
+            return list(self._encoded.values())
+        return [(codec.encode(k), codec.encode(v)) for k, v in (self._set or {}).items()]
 
     @property
     def empty(self) -> bool:
         """True when applying these changes would change no stored key."""
-        return not self.set and not self.deleted and not self.flushed
+        if self.deleted or self.flushed:
+            return False
+        return not (self._encoded if self._encoded is not None else self._set)
 
     def apply(self, data: dict[Any, Any]) -> dict[Any, Any]:
         """Apply the delta to *data* in place and return it."""
@@ -101,6 +146,25 @@ class Changes:
             data.pop(key, None)
         data.update(self.set)
         return data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Changes):
+            return NotImplemented
+        return (
+            self.set == other.set
+            and self.deleted == other.deleted
+            and self.flushed == other.flushed
+            and self.create == other.create
+            and self.full == other.full
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Changes(set={self.set!r}, deleted={self.deleted!r}, flushed={self.flushed!r}, "
+            f"create={self.create!r}, full={self.full!r})"
+        )
 
 
 # ---------------------------------------------------------------- messages
@@ -203,6 +267,19 @@ class Provider(abc.ABC):
     client_side: ClassVar[bool] = False
     #: Extra that provides this provider's client library (for error messages).
     extra: ClassVar[str | None] = None
+    #: True for a provider whose whole store lives in this process, that
+    #: applies its messages in mailbox order and whose releases cannot fail
+    #: (``memory``). The manager then sends a release without waiting for it:
+    #: every later read, queued behind it, sees the change. Not inherited: a
+    #: subclass is False unless it sets it again itself (it may change how a
+    #: release behaves). Leave False for a store that other processes read
+    #: (they must see the change before the response goes out).
+    in_process: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "in_process" not in cls.__dict__:
+            cls.in_process = False
 
     def __init__(self) -> None:
         self.max_lifetime = 3600
@@ -297,32 +374,20 @@ class Provider(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} is not a client-side provider")
 
-    async def dispatch(self, message: Message) -> Any:
-        """Run the verb that *message* names and return its result."""
-        if isinstance(message, Read):
-            return await self.session_read(message.sid)
-        if isinstance(message, Release):
-            return await self.session_release(message.sid, message.changes, message.expiry)
-        if isinstance(message, Exist):
-            return await self.session_exist(message.sid)
-        if isinstance(message, Regenerate):
-            return await self.session_regenerate(message.old_sid, message.sid)
-        if isinstance(message, Destroy):
-            return await self.session_destroy(message.sid)
-        if isinstance(message, All):
-            return await self.session_all()
-        if isinstance(message, GC):
-            return await self.session_gc()
-        if isinstance(message, DecodeCookie):
-            return await self.cookie_decode(message.value)
-        if isinstance(message, EncodeCookie):
-            return await self.cookie_encode(message.sid, message.data, message.expiry)
-        if isinstance(message, Init):
-            self.max_lifetime = message.max_lifetime
-            return await self.session_init(message.max_lifetime, message.config)
-        if isinstance(message, Close):
-            return await self.session_close()
-        raise TypeError(f"unknown provider message {message!r}")
+    def dispatch(self, message: Message) -> Coroutine[Any, Any, Any]:
+        """The coroutine of the verb that *message* names (await it for the result).
+
+        :raises TypeError: for a message no verb answers.
+        """
+        verb = _VERBS.get(type(message))
+        if verb is None:
+            for cls, candidate in _VERBS.items():  # a subclass of a known message
+                if isinstance(message, cls):
+                    verb = candidate
+                    break
+            else:
+                raise TypeError(f"unknown provider message {message!r}")
+        return verb(self, message)
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
         """Handle every message the actor drained in one turn.
@@ -334,9 +399,10 @@ class Provider(abc.ABC):
         query).
         """
         results: list[Any] = []
+        dispatch = self.dispatch
         for message in messages:
             try:
-                results.append(await self.dispatch(message))
+                results.append(await dispatch(message))
             except Exception as exc:  # one message fails, the batch goes on
                 results.append(exc)
         return results
@@ -381,3 +447,24 @@ class BatchVerbs(Provider):
 
     async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
         await self._run_one(Release(sid, changes, expiry))
+
+
+async def _init(provider: Provider, m: Init) -> None:
+    provider.max_lifetime = m.max_lifetime
+    await provider.session_init(m.max_lifetime, m.config)
+
+
+#: Message type -> the verb that answers it (what :meth:`Provider.dispatch` calls).
+_VERBS: dict[type[Message], Callable[[Provider, Any], Coroutine[Any, Any, Any]]] = {
+    Read: lambda p, m: p.session_read(m.sid),
+    Release: lambda p, m: p.session_release(m.sid, m.changes, m.expiry),
+    Exist: lambda p, m: p.session_exist(m.sid),
+    Regenerate: lambda p, m: p.session_regenerate(m.old_sid, m.sid),
+    Destroy: lambda p, m: p.session_destroy(m.sid),
+    All: lambda p, m: p.session_all(),
+    GC: lambda p, m: p.session_gc(),
+    DecodeCookie: lambda p, m: p.cookie_decode(m.value),
+    EncodeCookie: lambda p, m: p.cookie_encode(m.sid, m.data, m.expiry),
+    Init: _init,
+    Close: lambda p, m: p.session_close(),
+}

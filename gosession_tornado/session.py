@@ -76,6 +76,24 @@ class Session(MutableMapping[Any, Any]):
     ``len(s)``, ``iter(s)`` and beego's ``get``/``set``/``delete``/``flush``.
     """
 
+    __slots__ = (
+        "_cookie_changed",
+        "_cookie_options",
+        "_data",
+        "_deleted",
+        "_destroyed",
+        "_expiry",
+        "_expiry_changed",
+        "_flushed",
+        "_is_new",
+        "_manager",
+        "_regenerated",
+        "_released",
+        "_save_if_unmodified",
+        "_set",
+        "_sid",
+    )
+
     def __init__(
         self,
         manager: SessionManager | None,
@@ -88,8 +106,10 @@ class Session(MutableMapping[Any, Any]):
     ) -> None:
         self._manager = manager
         self._sid = sid
-        self._data: dict[Any, Any] = dict(data or {})
-        self._set: dict[Any, Any] = {}
+        self._data: dict[Any, Any] = dict(data) if data else {}
+        #: key -> (encoded key, encoded value) of every key set in this request:
+        #: the bytes made at set() time, reused by the release.
+        self._set: dict[Any, tuple[bytes, bytes]] = {}
         self._deleted: set[Any] = set()
         self._flushed = False
         self._is_new = is_new
@@ -103,7 +123,8 @@ class Session(MutableMapping[Any, Any]):
         #: Per-session cookie attributes (see :meth:`set_cookie_options`).
         self._cookie_options: dict[str, Any] = {}
         self._cookie_changed = False
-        self._load_meta(self._data.pop(META_KEY, None))
+        if META_KEY in self._data:
+            self._load_meta(self._data.pop(META_KEY))
 
     def _load_meta(self, meta: Any) -> None:
         """Restore the settings an earlier request stored under :data:`META_KEY`."""
@@ -122,6 +143,11 @@ class Session(MutableMapping[Any, Any]):
                         continue  # a stale or foreign value: the manager's default applies
 
     # ------------------------------------------------------------ identity
+
+    @property
+    def manager(self) -> SessionManager | None:
+        """The :class:`~gosession_tornado.SessionManager` that started this session."""
+        return self._manager
 
     @property
     def session_id(self) -> str:
@@ -189,15 +215,19 @@ class Session(MutableMapping[Any, Any]):
     def set(self, key: Any, value: Any) -> None:
         """Set *key* to *value* (beego's ``Set``).
 
+        The value is serialized now, and those bytes are what the release
+        stores: later in-place changes to *value* (``lst.append(x)``) are not
+        saved unless the key is set again or :meth:`mark_modified` is called.
+
         :raises TypeError: naming *key* if *key* or *value* cannot be serialized.
         :raises KeyError: for the reserved key :data:`META_KEY`.
         """
         if key == META_KEY:
             raise KeyError(f"session key {META_KEY!r} is reserved by gosession-tornado")
-        codec.check_serializable(key, value)
+        self._set[key] = codec.encode_item(key, value)
         self._data[key] = value
-        self._set[key] = value
-        self._deleted.discard(key)
+        if self._deleted:
+            self._deleted.discard(key)
 
     def delete(self, key: Any) -> None:
         """Remove *key*; a missing key is not an error (beego's ``Delete``)."""
@@ -335,18 +365,18 @@ class Session(MutableMapping[Any, Any]):
     def changes(self) -> Changes:
         """The delta this request made (what :meth:`release` sends)."""
         changed = dict(self._set)
-        deleted = set(self._deleted)
-        meta = self._meta()
-        if self._expiry_changed or self._cookie_changed or (self._flushed and meta):
+        deleted = frozenset(self._deleted) if self._deleted else frozenset()
+        if self._expiry_changed or self._cookie_changed or self._flushed:
+            meta = self._meta()
             if meta:
-                changed[META_KEY] = meta
-            else:
-                deleted.add(META_KEY)
+                changed[META_KEY] = codec.encode_item(META_KEY, meta)
+            elif not self._flushed:
+                deleted = deleted | {META_KEY}
         return Changes(
-            set=changed,
-            deleted=frozenset(deleted),
+            deleted=deleted,
             flushed=self._flushed,
             create=self._is_new,
+            encoded=changed,
         )
 
     def needs_save(self) -> bool:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from tornado.web import HTTPError, RequestHandler
 
 from .errors import ConfigError, CookieTooLargeError, ProviderUnavailableError, SessionError
-from .manager import SessionManager, apply_cookies, request_state
+from .manager import _STATE_ATTR, SessionManager, _RequestState, apply_cookies, request_state
 from .session import Session
 
 __all__ = ["SessionMixin", "managers_for", "DEFAULT_NAMES"]
@@ -152,7 +152,11 @@ class SessionMixin(_Base):
     async def prepare(self) -> None:
         """Load ``self.session``. Subclasses that override this must ``await super().prepare()``."""
         if self.session_autoload:
-            self._gs_session = await self.get_session(self.session_manager_name)
+            manager = self.session_manager_for(self.session_manager_name)
+            try:
+                self._gs_session = await manager.session_start(self)  # starts it on first use
+            except ProviderUnavailableError as exc:
+                raise self._unavailable(exc) from None
         parent = super().prepare()
         if parent is not None:
             await parent
@@ -177,8 +181,7 @@ class SessionMixin(_Base):
         """
         manager = self.session_manager_for(name)
         try:
-            await manager.ensure_started()
-            session = await manager.session_start(self)
+            session = await manager.session_start(self)  # starts the manager on first use
         except ProviderUnavailableError as exc:
             raise self._unavailable(exc) from None
         if name == self.session_manager_name or (name is None):
@@ -223,7 +226,9 @@ class SessionMixin(_Base):
     def _gs_unsaved(self) -> list[Session]:
         if self._gs_failed:
             return []  # the response is the error page now; nothing is retried
-        state = request_state(self)
+        state: _RequestState | None = getattr(self, _STATE_ATTR, None)
+        if state is None:
+            return []  # no session was touched
         return [
             s
             for s in state.sessions.values()
@@ -258,21 +263,23 @@ class SessionMixin(_Base):
         """Release every touched session; on failure answer with an error. True if saved."""
         try:
             await self._gs_release_all()
-        except ProviderUnavailableError as exc:
-            self._gs_fail(503, "Session Store Unavailable", f"session store unavailable: {exc}", exc)
-            return False
-        except CookieTooLargeError as exc:
-            self._gs_fail(500, "Session Cookie Too Large", str(exc), exc)
-            return False
-        except SessionError as exc:
-            self._gs_fail(500, "Session Error", str(exc), exc)
-            return False
-        except Exception as exc:  # a provider bug: answer 500 rather than leave the request hanging
-            log.error("session provider failed while saving", exc_info=True)
-            self._gs_fail(500, "Session Error", "the session could not be saved", exc)
+        except Exception as exc:
+            self._gs_save_failed(exc)
             return False
         apply_cookies(self)
         return True
+
+    def _gs_save_failed(self, exc: BaseException) -> None:
+        """Replace the response with the error page that fits *exc* (a failed save)."""
+        if isinstance(exc, ProviderUnavailableError):
+            self._gs_fail(503, "Session Store Unavailable", f"session store unavailable: {exc}", exc)
+        elif isinstance(exc, CookieTooLargeError):
+            self._gs_fail(500, "Session Cookie Too Large", str(exc), exc)
+        elif isinstance(exc, SessionError):
+            self._gs_fail(500, "Session Error", str(exc), exc)
+        else:  # a provider bug: answer 500 rather than leave the request hanging
+            log.error("session provider failed while saving", exc_info=exc)
+            self._gs_fail(500, "Session Error", "the session could not be saved", exc)
 
     def _gs_fail(self, status: int, reason: str, message: str, exc: BaseException) -> None:
         log.error("could not save session for %s %s: %s", self.request.method, self.request.uri, exc)
@@ -306,36 +313,121 @@ class SessionMixin(_Base):
         return self._gs_chain(step)
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> asyncio.Future[None]:
-        """Save the touched sessions, write their cookies, then finish the response."""
+        """Save the touched sessions, write their cookies, then finish the response.
+
+        The saves start here and Tornado's ``finish`` runs from their done
+        callbacks: no Task is created, and a provider whose releases need no
+        waiting (``memory``) finishes the response at once.
+        """
         if self._gs_finish_future is not None:
             return self._gs_finish_future
-        if not self._gs_unsaved() and self._gs_tail is None:
+        if self._gs_tail is not None:  # a flush() is saving: finish after it, in order
+            return self._gs_finish_chained(chunk)
+        sessions = self._gs_unsaved()
+        pending: list[asyncio.Future[None]] = []
+        error: BaseException | None = None
+        for session in sessions:
+            manager = session.manager
+            if manager is None:
+                continue
+            try:
+                fut = manager.release_nowait(session, self)
+            except Exception as exc:
+                error = error or exc
+                continue
+            if fut is not None:
+                pending.append(fut)
+        if not pending and error is None:
             apply_cookies(self)
             return super().finish(chunk)
-
-        async def step() -> None:
-            await self._gs_save()
-            self._finished = False  # raised below for the wait; Tornado's finish() checks it
-            try:
-                # write() drops the chunk if a failed save replaced the response; after a
-                # flush() it still belongs to the (already started) body.
-                await super(SessionMixin, self).finish(chunk)
-            except Exception as exc:
-                if self._finished:  # sent; the client went away: nothing left to tell it
-                    log.debug("finish after session save failed: %s", exc)
-                    return
-                # Tornado refused the response (e.g. a body with a 204): answer 500 as it does.
-                log.error("finish() of %s %s failed", self.request.method, self.request.uri, exc_info=True)
-                self.clear()
-                apply_cookies(self)
-                self.set_status(500)
-                with contextlib.suppress(Exception):
-                    await super(SessionMixin, self).finish()
-
-        fut: asyncio.Future[None] = self._gs_chain(step)
-        self._gs_finish_future = fut
+        result: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._gs_finish_future = result
         # As in Tornado, the handler counts as finished from this call on, although the
         # save still runs: _execute() skips the handler method after a finish() in
         # prepare() (e.g. a login redirect), and write() after finish() raises.
+        self._finished = True
+        if not pending:
+            self._gs_finish_saved(error, chunk, result)
+            return result
+        waiting = len(pending)
+        first_error: list[BaseException | None] = [error]
+
+        def saved(f: asyncio.Future[None]) -> None:
+            nonlocal waiting
+            if first_error[0] is None:
+                first_error[0] = asyncio.CancelledError() if f.cancelled() else f.exception()
+            waiting -= 1
+            if waiting == 0:
+                self._gs_finish_saved(first_error[0], chunk, result)
+
+        for fut in pending:
+            fut.add_done_callback(saved)
+        return result
+
+    def _gs_finish_saved(
+        self,
+        error: BaseException | None,
+        chunk: str | bytes | dict[str, Any] | None,
+        result: asyncio.Future[None],
+    ) -> None:
+        """The saves are done (*error*: the first failure): finish the response, settle *result*."""
+        if error is not None:
+            self._gs_save_failed(error)
+        else:
+            apply_cookies(self)
+        sent = self._gs_tornado_finish(chunk)
+        if sent is None:
+            if not result.done():
+                result.set_result(None)
+            return
+
+        def done(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                # sent; the client went away: nothing left to tell it
+                log.debug("finish after session save failed: %s", f.exception())
+            if not result.done():
+                result.set_result(None)
+
+        sent.add_done_callback(done)
+
+    def _gs_tornado_finish(
+        self, chunk: str | bytes | dict[str, Any] | None
+    ) -> asyncio.Future[None] | None:
+        """Tornado's ``finish(chunk)``; if Tornado refuses the response, a 500 instead.
+
+        Returns the future of the write, or ``None`` if there is nothing to wait for.
+        """
+        self._finished = False  # raised by finish() for the wait; Tornado's finish() checks it
+        try:
+            # write() drops the chunk if a failed save replaced the response; after a
+            # flush() it still belongs to the (already started) body.
+            return super().finish(chunk)
+        except Exception:
+            if self._finished:
+                return None
+            # Tornado refused the response (e.g. a body with a 204): answer 500 as it does.
+            log.error("finish() of %s %s failed", self.request.method, self.request.uri, exc_info=True)
+            self.clear()
+            apply_cookies(self)
+            self.set_status(500)
+            try:
+                return super().finish()
+            except Exception:
+                return None
+
+    def _gs_finish_chained(self, chunk: str | bytes | dict[str, Any] | None) -> asyncio.Future[None]:
+        """finish() after a flush() that saves: runs in order behind it (one Task)."""
+
+        async def step() -> None:
+            await self._gs_save()
+            sent = self._gs_tornado_finish(chunk)
+            if sent is not None:
+                try:
+                    await sent
+                except Exception as exc:  # sent; the client went away
+                    log.debug("finish after session save failed: %s", exc)
+
+        fut: asyncio.Future[None] = self._gs_chain(step)
+        self._gs_finish_future = fut
         self._finished = True
         return fut

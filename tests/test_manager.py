@@ -50,6 +50,9 @@ async def new_stored(manager: SessionManager, **data: Any) -> str:
     s = await manager.session_start(h)
     s.update(data)
     await s.release(h)
+    # The memory provider's release is queued, not awaited (every later call is
+    # queued behind it); one turn of the loop lets the actor apply it for records().
+    await asyncio.sleep(0)
     return s.session_id
 
 

@@ -7,96 +7,248 @@ process restart, and sessions are not shared between processes; use
 ``file``, ``redis``, ``mysql`` or ``postgresql`` for that.
 
 ``provider_config`` is ignored.
+
+How it is kept (the costs are per operation, not per stored session):
+
+* Each record is the session's msgpack bytes (:mod:`~gosession_tornado.codec`)
+  plus its deadline: a read decodes once, a release decodes, applies the
+  request's delta and encodes once. Nothing the store holds is ever shared
+  with a request, so no deep copies are needed.
+* Expiry is indexed by deadline in one-second buckets (a set of ids per
+  second, and a heap of the bucket seconds). A GC pass visits only the
+  buckets whose second has passed, so it costs what expired, not what is
+  stored, and it yields to the event loop every :data:`GC_SLICE` seconds of
+  work, so even a pass that drops millions of sessions never stalls the loop
+  for longer than that.
 """
 
 from __future__ import annotations
 
-import copy
+import asyncio
+import heapq
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from ..provider import Changes, Provider, SessionData
+from .. import codec
+from ..provider import GC, Changes, Message, Provider, Read, Release, SessionData
 
-__all__ = ["MemoryProvider"]
+__all__ = ["MemoryProvider", "GC_SLICE"]
+
+#: Longest stretch of GC work (seconds) between two yields to the event loop.
+GC_SLICE = 0.002
+#: Sessions dropped between two looks at the clock during GC.
+_GC_CHECK_EVERY = 256
 
 
 class _Record:
-    __slots__ = ("data", "last_access", "lifetime")
+    """One stored session: its msgpack bytes, monotonic deadline (s) and idle lifetime (s)."""
 
-    def __init__(self, data: SessionData, lifetime: int) -> None:
-        self.data = data
-        self.last_access = time.monotonic()
+    __slots__ = ("blob", "deadline", "lifetime")
+
+    def __init__(self, blob: bytes, deadline: float, lifetime: int) -> None:
+        self.blob = blob
+        self.deadline = deadline
         self.lifetime = lifetime
 
-    def expired(self, now: float) -> bool:
-        return now - self.last_access >= self.lifetime
+
+_EMPTY = codec.encode({})
 
 
 class MemoryProvider(Provider):
-    """Sessions in process memory. Reads return a deep copy, so a request's
-    in-place mutations never leak into the store without a release."""
+    """Sessions in process memory, as msgpack bytes, with an expiry index by deadline."""
+
+    in_process = True
 
     def __init__(self) -> None:
         super().__init__()
         self._records: dict[str, _Record] = {}
+        #: deadline second -> ids whose deadline falls in that second
+        self._buckets: dict[int, set[str]] = {}
+        #: the seconds of :attr:`_buckets`, as a heap (may hold seconds already emptied)
+        self._seconds: list[int] = []
 
     async def session_init(self, max_lifetime: int, config: Any) -> None:
         self.max_lifetime = max_lifetime
 
-    def _live(self, sid: str) -> _Record | None:
+    # ------------------------------------------------------------ the index
+
+    def _index(self, sid: str, second: int) -> None:
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = set()
+            heapq.heappush(self._seconds, second)
+        bucket.add(sid)
+
+    def _unindex(self, sid: str, second: int) -> None:
+        bucket = self._buckets.get(second)
+        if bucket is not None:
+            bucket.discard(sid)
+            if not bucket:
+                del self._buckets[second]
+
+    def _touch(self, sid: str, rec: _Record, deadline: float) -> None:
+        old = int(rec.deadline)
+        rec.deadline = deadline
+        new = int(deadline)
+        if new != old:
+            self._unindex(sid, old)
+            self._index(sid, new)
+
+    def _live(self, sid: str, now: float) -> _Record | None:
         rec = self._records.get(sid)
         if rec is None:
             return None
-        if rec.expired(time.monotonic()):
+        if rec.deadline <= now:
             del self._records[sid]
+            self._unindex(sid, int(rec.deadline))
             return None
         return rec
 
-    async def session_read(self, sid: str) -> SessionData | None:
-        rec = self._live(sid)
+    # ------------------------------------------------------------ verbs (synchronous)
+
+    def read(self, sid: str) -> SessionData | None:
+        """The data of a live session (fresh objects), refreshing its last access."""
+        now = time.monotonic()
+        rec = self._live(sid, now)
         if rec is None:
             return None
-        rec.last_access = time.monotonic()
-        return copy.deepcopy(rec.data)
+        self._touch(sid, rec, now + rec.lifetime)
+        data: SessionData = codec.decode(rec.blob)
+        return data
 
-    async def session_exist(self, sid: str) -> bool:
-        return self._live(sid) is not None
-
-    async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
-        rec = self._live(old_sid)
+    def release(self, sid: str, changes: Changes, expiry: int) -> None:
+        """Apply *changes* to the stored bytes and set the idle lifetime to *expiry* seconds."""
+        now = time.monotonic()
+        rec = self._live(sid, now)
         if rec is None:
-            rec = _Record({}, self.max_lifetime)
+            if not changes.create:
+                return  # destroyed or expired meanwhile: do not resurrect
+            blob = codec.encode(changes.apply({})) if not changes.empty else _EMPTY
+            rec = self._records[sid] = _Record(blob, now + expiry, expiry)
+            self._index(sid, int(rec.deadline))
+            return
+        if not changes.empty:
+            data = {} if changes.flushed else codec.decode(rec.blob)
+            rec.blob = codec.encode(changes.apply(data))
+        rec.lifetime = expiry
+        self._touch(sid, rec, now + expiry)
+
+    def regenerate(self, old_sid: str, sid: str) -> SessionData:
+        now = time.monotonic()
+        rec = self._live(old_sid, now)
+        if rec is None:
+            rec = _Record(_EMPTY, now + self.max_lifetime, self.max_lifetime)
         else:
             del self._records[old_sid]
-            rec.last_access = time.monotonic()
+            self._unindex(old_sid, int(rec.deadline))
+            rec.deadline = now + rec.lifetime
         self._records[sid] = rec
-        return copy.deepcopy(rec.data)
+        self._index(sid, int(rec.deadline))
+        data: SessionData = codec.decode(rec.blob)
+        return data
+
+    def destroy(self, sid: str) -> None:
+        rec = self._records.pop(sid, None)
+        if rec is not None:
+            self._unindex(sid, int(rec.deadline))
+
+    # ------------------------------------------------------------ beego verbs
+
+    async def session_read(self, sid: str) -> SessionData | None:
+        return self.read(sid)
+
+    async def session_exist(self, sid: str) -> bool:
+        return self._live(sid, time.monotonic()) is not None
+
+    async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
+        return self.regenerate(old_sid, sid)
 
     async def session_destroy(self, sid: str) -> None:
-        self._records.pop(sid, None)
+        self.destroy(sid)
 
     async def session_all(self) -> int:
         await self.session_gc()
         return len(self._records)
 
-    async def session_gc(self) -> None:
-        now = time.monotonic()
-        dead = [sid for sid, rec in self._records.items() if rec.expired(now)]
-        for sid in dead:
-            del self._records[sid]
-
     async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
-        rec = self._live(sid)
-        if rec is None:
-            if not changes.create:
-                return  # destroyed or expired meanwhile: do not resurrect
-            rec = self._records[sid] = _Record({}, expiry)
-        # Deep-copy what is stored so the request's objects never alias the store.
-        Changes(
-            set=copy.deepcopy(changes.set), deleted=changes.deleted, flushed=changes.flushed
-        ).apply(rec.data)
-        rec.lifetime = expiry
-        rec.last_access = time.monotonic()
+        self.release(sid, changes, expiry)
+
+    async def session_gc(self) -> None:
+        """Drop every expired session.
+
+        Visits only the buckets of seconds that have begun (the current one
+        partly); yields to the event loop after at most :data:`GC_SLICE`
+        seconds of work.
+        """
+        records, buckets, seconds = self._records, self._buckets, self._seconds
+        started = time.perf_counter()
+        done = 0
+        now = time.monotonic()
+        current = int(now)
+        while seconds and seconds[0] <= current:
+            second = heapq.heappop(seconds)
+            bucket = buckets.pop(second, None)
+            if not bucket:
+                continue
+            ids = list(bucket)
+            kept: list[str] = []
+            for i, sid in enumerate(ids):
+                rec = records.get(sid)
+                if rec is not None:
+                    if rec.deadline <= now:
+                        del records[sid]
+                    else:  # later this second
+                        kept.append(sid)
+                done += 1
+                if done % _GC_CHECK_EVERY == 0 and time.perf_counter() - started > GC_SLICE:
+                    try:
+                        await asyncio.sleep(0)  # only the actor touches the store: safe
+                    except BaseException:  # cut short (batch timeout, close): keep the rest indexed
+                        kept.extend(ids[i + 1 :])
+                        if kept:
+                            buckets.setdefault(second, set()).update(kept)
+                            heapq.heappush(seconds, second)
+                        raise
+                    started = time.perf_counter()
+            if kept:
+                buckets[second] = set(kept)
+                heapq.heappush(seconds, second)
+                break  # only the current second keeps ids: nothing later is due
 
     async def session_close(self) -> None:
         self._records.clear()
+        self._buckets.clear()
+        self._seconds.clear()
+
+    async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
+        """Answer reads and releases without a coroutine per message; GC runs last."""
+        results: list[Any] = []
+        gc_at: list[int] = []
+        # The synchronous shortcuts only while the verbs are this class's own
+        # (a subclass or a test may replace them).
+        fast_read = getattr(self.session_read, "__func__", None) is MemoryProvider.session_read
+        fast_release = getattr(self.session_release, "__func__", None) is MemoryProvider.session_release
+        for message in messages:
+            kind = type(message)
+            try:
+                if kind is Read and fast_read:
+                    results.append(self.read(message.sid))  # type: ignore[attr-defined]
+                elif kind is Release and fast_release:
+                    m: Release = message  # type: ignore[assignment]
+                    self.release(m.sid, m.changes, m.expiry)
+                    results.append(None)
+                elif kind is GC:
+                    gc_at.append(len(results))
+                    results.append(None)
+                else:
+                    results.append(await self.dispatch(message))
+            except Exception as exc:  # one message fails, the batch goes on
+                results.append(exc)
+        if gc_at:
+            try:
+                await self.session_gc()
+            except Exception as exc:
+                for i in gc_at:
+                    results[i] = exc
+        return results
