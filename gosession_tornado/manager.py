@@ -517,7 +517,9 @@ class SessionManager:
             reply = actor.ask(EncodeCookie(session.session_id, session._record(), lifetime))
             return _then(reply, lambda value: self._encoded(session, handler, value))
         message = Release(session.session_id, session.changes(), lifetime)
-        if self._provider_cls.in_process:
+        if self._provider_cls.in_process and actor.mailbox_depth() < actor.max_batch:
+            # Not awaited (later reads queue behind it), unless the mailbox is backed up:
+            # then the caller waits its turn, which bounds the queue of a caller that never yields.
             actor.tell(message)
             self._released(session, handler)
             return None
