@@ -120,7 +120,7 @@ def encode(obj: Any) -> bytes:
         raise TypeError(f"cannot serialize session value: {exc}") from exc
 
 
-def decode(data: bytes) -> Any:
+def decode(data: bytes | memoryview) -> Any:
     """Deserialize msgpack *data* produced by :func:`encode`.
 
     Integer map keys round-trip (``strict_map_key=False``). Lists decode as
