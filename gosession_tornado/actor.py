@@ -23,6 +23,11 @@ its mailbox. What holds:
 How it stays cheap (an ask costs about what a bare :class:`asyncio.Queue`
 round trip costs, and much less per call when callers queue up together):
 
+* A provider whose store lives in this process and whose verbs are
+  synchronous (``memory``, see ``Provider.in_process``) is asked through
+  :meth:`ActorRef.call_now` while the actor is idle: the message runs on the
+  caller's stack, which is what the actor task would do next anyway, so the
+  request does not suspend at all.
 * The mailbox is a :class:`collections.deque`; an idle actor waits on one
   future that the next :meth:`~ActorRef.ask` or :meth:`~ActorRef.tell`
   settles. An ask creates one future (its reply) and nothing else: no Task,
@@ -222,6 +227,32 @@ class ActorRef:
             self._wakeup = None
             waiter.set_result(None)
         return fut
+
+    @property
+    def idle(self) -> bool:
+        """True while nothing is queued and no batch runs: a message sent now would run next."""
+        return not self._mailbox and not self._current and self._loop is not None and not self._closing
+
+    def call_now(self, message: Message) -> Any:
+        """Answer *message* on the caller's stack (only while :attr:`idle`, for an ``in_process`` provider).
+
+        Same order and exclusive access as going through the actor task: the
+        mailbox is empty and no batch runs, so the message would be next, and
+        nothing else can touch the provider until this synchronous call returns.
+
+        :raises Exception: whatever the provider raised.
+        """
+        assert self._loop is not None
+        kind = message.kind
+        st = self._stats.get(kind)
+        if st is None:
+            st = self._stats[kind] = KindStats()
+        st.calls += 1
+        try:
+            return self.provider.handle_now(message)
+        except Exception:
+            st.errors += 1
+            raise
 
     def tell(self, message: Message) -> None:
         """Send *message* without waiting; a failure is logged, never raised."""

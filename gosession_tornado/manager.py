@@ -459,7 +459,10 @@ class SessionManager:
                 reissue = bool(getattr(decoded, "reissue", False))
                 session = Session(self, sid, data, expiry=expiry, save_if_unmodified=reissue)
         elif self._sid_re.match(raw) is not None:
-            data = await actor.ask(Read(raw))
+            if self._provider_cls.in_process and actor.idle:
+                data = actor.call_now(Read(raw))
+            else:
+                data = await actor.ask(Read(raw))
             if data is not None:
                 session = Session(self, raw, data)
                 if self.config.enable_sid_in_http_header and not handler._headers_written:
@@ -517,12 +520,17 @@ class SessionManager:
             reply = actor.ask(EncodeCookie(session.session_id, session._record(), lifetime))
             return _then(reply, lambda value: self._encoded(session, handler, value))
         message = Release(session.session_id, session.changes(), lifetime)
-        if self._provider_cls.in_process and actor.mailbox_depth() < actor.max_batch:
-            # Not awaited (later reads queue behind it), unless the mailbox is backed up:
-            # then the caller waits its turn, which bounds the queue of a caller that never yields.
-            actor.tell(message)
-            self._released(session, handler)
-            return None
+        if self._provider_cls.in_process:
+            if actor.idle:
+                actor.call_now(message)
+                self._released(session, handler)
+                return None
+            if actor.mailbox_depth() < actor.max_batch:
+                # Not awaited (later reads queue behind it), unless the mailbox is backed up:
+                # then the caller waits its turn, which bounds the queue of a caller that never yields.
+                actor.tell(message)
+                self._released(session, handler)
+                return None
         return _then(actor.ask(message), lambda _: self._released(session, handler))
 
     async def _release_after_start(self, session: Session, handler: RequestHandler | None) -> None:

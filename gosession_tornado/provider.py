@@ -49,6 +49,7 @@ __all__ = [
     "Close",
     "SessionData",
     "DecodedCookie",
+    "NOW_KINDS",
 ]
 
 SessionData = dict[Any, Any]
@@ -267,13 +268,16 @@ class Provider(abc.ABC):
     client_side: ClassVar[bool] = False
     #: Extra that provides this provider's client library (for error messages).
     extra: ClassVar[str | None] = None
-    #: True for a provider whose whole store lives in this process, that
-    #: applies its messages in mailbox order and whose releases cannot fail
-    #: (``memory``). The manager then sends a release without waiting for it:
-    #: every later read, queued behind it, sees the change. Not inherited: a
-    #: subclass is False unless it sets it again itself (it may change how a
-    #: release behaves). Leave False for a store that other processes read
-    #: (they must see the change before the response goes out).
+    #: True for a provider whose whole store lives in this process and whose
+    #: verbs for :data:`NOW_KINDS` run synchronously in :meth:`handle_now`
+    #: and cannot fail (``memory``). For such a provider the actor runs a
+    #: read or a release on the caller's stack when it is idle (nothing
+    #: queued, no batch running): the same order and exclusive access the
+    #: actor task gives, without the hop. When it is busy, a release is
+    #: queued without waiting (every later read queues behind it) and a read
+    #: waits its turn. Not inherited: a subclass is False unless it sets it
+    #: itself (it may change how the verbs behave). Leave False for a store
+    #: that other processes read.
     in_process: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -340,6 +344,14 @@ class Provider(abc.ABC):
         """
 
     # -- optional ----------------------------------------------------------
+
+    def handle_now(self, message: Message) -> Any:
+        """``in_process`` providers: answer a :data:`NOW_KINDS` message synchronously.
+
+        Called by the actor on the caller's stack, only while the actor is
+        idle; must not await, block or call the actor back.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not answer messages synchronously")
 
     async def session_close(self) -> None:  # noqa: B027 - optional hook
         """Release connections, pools and files. Called once, inside the actor."""
@@ -468,3 +480,7 @@ _VERBS: dict[type[Message], Callable[[Provider, Any], Coroutine[Any, Any, Any]]]
     Init: _init,
     Close: lambda p, m: p.session_close(),
 }
+
+
+#: Message kinds an ``in_process`` provider answers in :meth:`Provider.handle_now`.
+NOW_KINDS: frozenset[type[Message]] = frozenset({Read, Release, Exist, Destroy, Regenerate})

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import codec
-from ..provider import GC, Changes, Message, Provider, Read, Release, SessionData
+from ..provider import GC, Changes, Destroy, Exist, Message, Provider, Read, Regenerate, Release, SessionData
 
 __all__ = ["MemoryProvider", "GC_SLICE"]
 
@@ -237,6 +237,25 @@ class MemoryProvider(Provider):
         self._records.clear()
         self._buckets.clear()
         self._seconds.clear()
+
+    def handle_now(self, message: Message) -> Any:
+        """Reads, releases, exists, destroys and regenerates, synchronously."""
+        kind = type(message)
+        if kind is Read:
+            return self.read(message.sid)  # type: ignore[attr-defined]
+        if kind is Release:
+            m: Release = message  # type: ignore[assignment]
+            self.release(m.sid, m.changes, m.expiry)
+            return None
+        if kind is Exist:
+            return self._live(message.sid, time.monotonic()) is not None  # type: ignore[attr-defined]
+        if kind is Destroy:
+            self.destroy(message.sid)  # type: ignore[attr-defined]
+            return None
+        if kind is Regenerate:
+            r: Regenerate = message  # type: ignore[assignment]
+            return self.regenerate(r.old_sid, r.sid)
+        raise TypeError(f"the memory provider does not answer {message!r} synchronously")
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
         """Answer reads and releases without a coroutine per message; GC runs last."""
