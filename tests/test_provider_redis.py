@@ -674,8 +674,102 @@ async def test_hung_redis_times_out_then_recovers(private_redis: RedisServer) ->
         os.kill(pid, signal.SIGSTOP)  # accepts connections, answers nothing
         try:
             with pytest.raises(ProviderUnavailableError):
-                await m.read(sid)
+                await m.read(sid)  # the actor cancels the batch after provider_timeout
         finally:
             os.kill(pid, signal.SIGCONT)
+        # The cancelled read's reply arrives now: on the connection the cancel closed, so it
+        # is never taken for the next command's (an HGETALL array would make this exist True).
+        assert await ask(m, Exist(m.new_sid())) is False
         assert await m.read(sid) == {"a": 1}
         assert await ask(m, Exist(sid)) is True
+
+
+async def client_id(admin: aioredis.Redis, name: str) -> int | None:
+    """The id of the connection named *name* (``CLIENT SETNAME``), or None."""
+    for client in await admin.client_list():
+        if client.get("name") == name:
+            return int(client["id"])
+    return None
+
+
+async def test_connection_killed_mid_batch_fails_that_batch_and_the_next_works(
+    private_redis: RedisServer,
+) -> None:
+    """CLIENT KILL while the batch's command waits in the server (paused): one clean failure."""
+    admin = private_redis.client()
+    config = {"addr": f"127.0.0.1:{private_redis.port}", "client_name": "gs-victim"}
+    try:
+        async with manager("gsk:", provider_config=config, provider_timeout=3) as m:
+            sid = m.new_sid()
+            await ask(m, Release(sid, create(a=1), 60))
+            victim = await client_id(admin, "gs-victim")
+            assert victim is not None
+            await admin.execute_command("CLIENT PAUSE", 3000, "WRITE")  # holds EVALSHA, not CLIENT KILL
+            try:
+                pending = asyncio.ensure_future(m.read(sid))
+                await asyncio.sleep(0.2)  # the batch is written and waits in the server
+                assert not pending.done()
+                assert await admin.client_kill_filter(_id=victim) == 1
+                with pytest.raises(ProviderUnavailableError, match=str(private_redis.port)):
+                    await pending
+            finally:
+                await admin.execute_command("CLIENT UNPAUSE")
+            assert await m.read(sid) == {"a": 1}  # a new connection, no restart
+            assert await ask(m, Exist(m.new_sid())) is False
+            again = await client_id(admin, "gs-victim")
+            assert again is not None and again != victim
+    finally:
+        await admin.aclose()
+
+
+async def test_connection_closed_while_idle_is_replaced_without_a_failed_call(
+    private_redis: RedisServer,
+) -> None:
+    """A connection the server dropped between batches (CLIENT KILL, idle timeout) fails nothing."""
+    admin = private_redis.client()
+    config = {"addr": f"127.0.0.1:{private_redis.port}", "client_name": "gs-idle"}
+    try:
+        async with manager("gsi:", provider_config=config) as m:
+            sid = m.new_sid()
+            await ask(m, Release(sid, create(a=1), 60))
+            for _ in range(3):
+                victim = await client_id(admin, "gs-idle")
+                assert victim is not None
+                assert await admin.client_kill_filter(_id=victim) == 1
+                await asyncio.sleep(0.05)  # the close reaches this process
+                assert await m.read(sid) == {"a": 1}
+    finally:
+        await admin.aclose()
+
+
+async def test_a_request_at_concurrency_1_is_one_round_trip_per_call(private_redis: RedisServer) -> None:
+    """A read and a release per request, one after the other: one EVALSHA and one round trip each.
+
+    Nothing else goes to the server: no PING, no connection check, no second command.
+    """
+    admin = private_redis.client()
+    try:
+        async with manager("gsc:", port=private_redis.port) as m:
+            provider = provider_of(m)
+            sids = [m.new_sid() for _ in range(20)]
+            for i, sid in enumerate(sids):
+                await ask(m, Release(sid, create(n=i), 600))
+            await admin.config_resetstat()
+            rt0 = provider.round_trips
+            for sid in sids:
+                data = await m.read(sid)
+                assert data is not None
+                await ask(m, Release(sid, Changes(set={"n": data["n"] + 1}), 600))
+            assert provider.round_trips - rt0 == 2 * len(sids)
+            stats = await admin.info("commandstats")
+            calls = {name: value["calls"] for name, value in stats.items()}
+            calls.pop("cmdstat_config|resetstat", None)
+            calls.pop("cmdstat_config", None)
+            # The scripts' own commands (HGETALL, EXISTS, HSET ...) are counted too; of the
+            # client's, only EVALSHA is there.
+            assert calls["cmdstat_evalsha"] == 2 * len(sids)
+            assert calls["cmdstat_exists"] == len(sids)  # the release script's own check
+            assert not {"cmdstat_ping", "cmdstat_script|load", "cmdstat_client|setinfo"} & set(calls)
+            assert await asyncio.gather(*(m.read(s) for s in sids)) == [{"n": i + 1} for i in range(20)]
+    finally:
+        await admin.aclose()

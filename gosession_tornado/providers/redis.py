@@ -53,11 +53,13 @@ Failure
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -70,7 +72,7 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import AbstractBackoff, ExponentialBackoff
 
 from .. import codec
 from ..errors import ConfigError, ProviderUnavailableError
@@ -109,7 +111,7 @@ class RedisScript:
     name: str
     source: str
 
-    @property
+    @functools.cached_property
     def sha(self) -> str:
         return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
@@ -186,28 +188,51 @@ return redis.call('HGETALL', new)
 SCRIPTS: tuple[RedisScript, ...] = (READ_SCRIPT, RELEASE_SCRIPT, REGENERATE_SCRIPT)
 
 
-@dataclasses.dataclass
-class _Op:
-    """One message turned into one Redis command, and how to turn its reply into a result."""
+#: How an op's reply becomes its result (see :meth:`RedisProvider.finish_op`).
+_NONE, _HASH, _BOOL, _MOVED = 0, 1, 2, 3
 
-    args: tuple[Any, ...]
-    finish: Callable[[Any], Any]
-    kind: str
-    sid: str
+
+class _Op:
+    """One message turned into one Redis command, and how its reply becomes the result."""
+
+    __slots__ = ("args", "kind", "result", "sid")
+
+    def __init__(self, args: Sequence[Any], result: int, kind: str, sid: str) -> None:
+        #: The command (``EVALSHA``, ``EXISTS``, ``DEL`` ...) and its arguments.
+        self.args = args
+        #: ``_NONE`` (answer ``None``), ``_HASH`` (session data or ``None``), ``_BOOL``,
+        #: ``_MOVED`` (regenerated session data).
+        self.result = result
+        self.kind = kind
+        self.sid = sid
+
+
+def _map_header(n: int) -> bytes:
+    """The msgpack header of a map with *n* entries."""
+    if n < 16:
+        return bytes((0x80 | n,))
+    if n < 0x10000:
+        return b"\xde" + n.to_bytes(2, "big")
+    return b"\xdf" + n.to_bytes(4, "big")
 
 
 class RedisProvider(BatchVerbs):
-    """Sessions in Redis hashes, with server-side TTL and pipelined batches.
+    """Sessions in Redis hashes, with server-side TTL and batches sent in one round trip.
 
-    The verbs send their message as a pipeline of one: read is ``HGETALL`` +
+    The verbs send their message as a batch of one: read is ``HGETALL`` +
     ``EXPIRE`` to the stored lifetime in one script (``None`` if missing),
     exist is ``EXISTS`` (no TTL refresh), regenerate is a ``RENAME`` in a
     script (old gone, TTL reset; an empty record if old is missing), destroy
     is ``DEL`` (a missing key is fine), release applies the changes
     atomically and sets the TTL to the expiry (see the module docs).
 
-    Subclasses (cluster, sentinel) may override :meth:`make_client` and
-    :meth:`key`; everything else only needs a client that pipelines.
+    The provider talks to Redis over **one dedicated connection** (made by
+    the pool of the client :meth:`make_client` builds, then owned by the
+    actor): a batch is written with one ``send`` and its replies are read
+    back in order, with no pool checkout, pipeline object or response
+    callbacks per batch. Subclasses (cluster, sentinel) may override
+    :meth:`make_client`, :meth:`make_connection` and :meth:`key`; the
+    cluster replaces the round trip itself (:meth:`_pipeline`).
     """
 
     extra = "redis"
@@ -216,10 +241,13 @@ class RedisProvider(BatchVerbs):
         super().__init__()
         self._client: aioredis.Redis | None = None
         self._pool: BlockingConnectionPool | None = None
+        #: The connection every batch goes over (``None`` before init and after close).
+        self._conn: AbstractConnection | None = None
+        self._backoff: AbstractBackoff = ExponentialBackoff(cap=0.5, base=0.01)
         self.redis_config: RedisConfig = RedisConfig()
         #: Prefix of every session key.
         self.key_prefix = "gosession:"
-        #: Pipelines (and single commands) sent to Redis since init: the number of round trips.
+        #: Batches (and single commands) sent to Redis since init: the number of round trips.
         self.round_trips = 0
 
     # ------------------------------------------------------------ setup
@@ -306,6 +334,23 @@ class RedisProvider(BatchVerbs):
         )
         return aioredis.Redis(connection_pool=self._pool)
 
+    def make_connection(self, client: aioredis.Redis) -> AbstractConnection:
+        """The provider's dedicated connection, made (not yet connected) by *client*'s pool.
+
+        The actor runs one batch at a time, so one connection carries them all;
+        it is never checked out of or back into the pool. It has no socket
+        timeout: a batch is bounded by the actor, which cancels one that runs
+        past ``provider_timeout`` (the connection is then closed, never
+        reused with a reply half read). Connecting keeps its own timeout
+        (0.4 x ``provider_timeout``). A sentinel-managed connection asks the
+        sentinels for the master each time it connects.
+        """
+        pool: Any = client.connection_pool  # redis-py leaves make_connection untyped
+        conn: AbstractConnection = pool.make_connection()
+        # A socket timeout would make redis-py wrap every send in wait_for (a Task each).
+        conn.socket_timeout = None
+        return conn
+
     async def session_init(self, max_lifetime: int, config: Any) -> None:
         """Parse *config*, connect, and load the Lua scripts (which also checks the server).
 
@@ -316,13 +361,15 @@ class RedisProvider(BatchVerbs):
         cfg = self.parse_config(config)
         self.key_prefix = self._checked_key_prefix(cfg.key_prefix)
         self.redis_config = cfg
-        self._client = self.make_client(cfg, self._timeout())
+        timeout = self._timeout()
+        self._backoff = ExponentialBackoff(cap=timeout * 0.1, base=0.01)
+        self._client = self.make_client(cfg, timeout)
+        self._conn = self.make_connection(self._client)
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for script in SCRIPTS:
-                _stage(pipe, ("SCRIPT LOAD", script.source))
-            self.round_trips += 1
-            shas = await pipe.execute()
+            shas = await self._exchange([("SCRIPT LOAD", script.source) for script in SCRIPTS])
+            for reply in shas:
+                if isinstance(reply, BaseException):
+                    raise reply
         except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
             await self.session_close()
             raise self._rejected_credentials(exc) from None
@@ -348,9 +395,11 @@ class RedisProvider(BatchVerbs):
             log.warning("redis script hashes differ from the local ones: %s != %s", got, expected)
 
     async def session_close(self) -> None:
-        """Close the client and every pooled connection."""
-        client, pool = self._client, self._pool
-        self._client = self._pool = None
+        """Close the dedicated connection, the client and its pool."""
+        conn, client, pool = self._conn, self._client, self._pool
+        self._conn = self._client = self._pool = None
+        if conn is not None:
+            await _disconnect(conn)
         if client is not None:
             await client.aclose()
         if pool is not None:
@@ -383,26 +432,37 @@ class RedisProvider(BatchVerbs):
             key="password",
         )
 
-    def _require_client(self) -> aioredis.Redis:
-        if self._client is None:
-            raise ProviderUnavailableError("the redis session provider is not connected (closed?)")
-        return self._client
-
     # ------------------------------------------------------------ encoding
 
     @staticmethod
     def decode_hash(reply: Any) -> SessionData:
         """Session data from a flat ``HGETALL`` reply, skipping the meta field.
 
+        The fields and values are msgpack bytes, so the pairs put behind a map
+        header are one msgpack map: one decode for the whole session. If that
+        fails or finds fewer distinct keys than fields, the pairs are decoded
+        one by one, which names the bad field.
+
         :raises ValueError: if a field or value is not a valid payload.
         """
-        data: SessionData = {}
         if not reply:
+            return {}
+        fields = reply[0::2]
+        if META_FIELD in fields:
+            at = 2 * fields.index(META_FIELD)
+            reply = reply[:at] + reply[at + 2 :]
+        n = len(reply) >> 1
+        if not n:
+            return {}
+        try:
+            data = codec.decode(_map_header(n) + b"".join(reply))
+        except (ValueError, TypeError):
+            data = None
+        if type(data) is dict and len(data) == n and len(reply) == 2 * n:
             return data
+        data = {}
         it = iter(reply)
         for field, value in zip(it, it):
-            if field == META_FIELD:
-                continue
             key = codec.decode(field)
             try:
                 data[key] = codec.decode(value)
@@ -410,42 +470,29 @@ class RedisProvider(BatchVerbs):
                 raise ValueError(f"corrupt session field {field!r}: {exc}") from None
         return data
 
-    def _read_result(self, sid: str) -> Callable[[Any], SessionData | None]:
-        def finish(reply: Any) -> SessionData | None:
-            if reply is None:
-                return None
-            try:
-                return self.decode_hash(reply)
-            except ValueError as exc:
-                log.warning("redis session %s… is corrupt, treated as missing: %s", sid[:6], exc)
-                return None
-
-        return finish
-
     @staticmethod
     def _lifetime(expiry: int) -> int:
         if isinstance(expiry, bool) or not isinstance(expiry, int):
             raise TypeError(f"session lifetime must be whole seconds, got {expiry!r}")
         return max(1, expiry)
 
-    def _release_args(self, sid: str, changes: Changes, expiry: int) -> tuple[Any, ...]:
-        deleted = [codec.encode(k) for k in changes.deleted]
-        pairs: list[bytes] = []
-        for k, v in changes.set.items():
-            pairs.append(codec.encode(k))
-            pairs.append(codec.encode(v))
-        return (
+    def _release_args(self, sid: str, changes: Changes, expiry: int) -> list[Any]:
+        deleted = changes.deleted
+        args: list[Any] = [
             "EVALSHA",
-            RELEASE_SCRIPT.sha,
+            _RELEASE_SHA,
             1,
             self.key(sid),
             "1" if changes.create else "0",
             "1" if changes.flushed else "0",
             self._lifetime(expiry),
             len(deleted),
-            *deleted,
-            *pairs,
-        )
+        ]
+        if deleted:
+            args += [codec.encode(k) for k in deleted]
+        for pair in changes.encoded_items():  # the bytes the session made at set()
+            args += pair
+        return args
 
     def _regenerate_result(self, reply: Any) -> SessionData:
         try:
@@ -455,28 +502,35 @@ class RedisProvider(BatchVerbs):
             return {}
 
     def build_op(self, message: Message) -> _Op | None:
-        """The one command that answers *message*, or ``None`` if it cannot be pipelined.
+        """The one command that answers *message*, or ``None`` if it cannot be batched.
 
         :raises TypeError: if a released value cannot be serialized.
         """
-        if isinstance(message, Read):
+        cls = type(message)
+        if cls is Read:
+            sid = message.sid  # type: ignore[attr-defined]
+            return _Op(("EVALSHA", _READ_SHA, 1, self.key(sid)), _HASH, "read", sid)
+        if cls is Release:
+            assert isinstance(message, Release)
             return _Op(
-                ("EVALSHA", READ_SCRIPT.sha, 1, self.key(message.sid)),
-                self._read_result(message.sid),
-                message.kind,
+                self._release_args(message.sid, message.changes, message.expiry),
+                _NONE,
+                "release",
                 message.sid,
             )
+        if isinstance(message, Read):
+            return _Op(("EVALSHA", _READ_SHA, 1, self.key(message.sid)), _HASH, message.kind, message.sid)
         if isinstance(message, Release):
             return _Op(
                 self._release_args(message.sid, message.changes, message.expiry),
-                lambda reply: None,
+                _NONE,
                 message.kind,
                 message.sid,
             )
         if isinstance(message, Exist):
-            return _Op(("EXISTS", self.key(message.sid)), bool, message.kind, message.sid)
+            return _Op(("EXISTS", self.key(message.sid)), _BOOL, message.kind, message.sid)
         if isinstance(message, Destroy):
-            return _Op(("DEL", self.key(message.sid)), lambda reply: None, message.kind, message.sid)
+            return _Op(("DEL", self.key(message.sid)), _NONE, message.kind, message.sid)
         if isinstance(message, Regenerate):
             return _Op(
                 (
@@ -487,34 +541,93 @@ class RedisProvider(BatchVerbs):
                     self.key(message.sid),
                     self._lifetime(self.max_lifetime),
                 ),
-                self._regenerate_result,
+                _MOVED,
                 message.kind,
                 message.sid,
             )
         return None
 
+    def finish_op(self, op: _Op, reply: Any) -> Any:
+        """The result of *op* from its (successful) *reply*."""
+        kind = op.result
+        if kind == _HASH:
+            if reply is None:
+                return None
+            try:
+                return self.decode_hash(reply)
+            except ValueError as exc:
+                log.warning("redis session %s… is corrupt, treated as missing: %s", op.sid[:6], exc)
+                return None
+        if kind == _NONE:
+            return None
+        if kind == _BOOL:
+            return bool(reply)
+        return self._regenerate_result(reply)
+
     # ------------------------------------------------------------ round trips
 
-    async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def _exchange(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Write *commands* on the dedicated connection at once and read their replies: one round trip.
+
+        A reply that is a Redis error comes back in place (its
+        :class:`redis.exceptions.ResponseError`). Anything else that goes
+        wrong (the connection refused, dropped or timed out, a malformed
+        reply, or the actor cancelling a batch that ran past
+        ``provider_timeout``) closes the connection before the error goes
+        on: a reply half read is never taken for the next command's. The
+        next call connects again.
+
+        :raises redis.exceptions.RedisError: (or ``OSError``) as redis-py raises it.
+        """
+        conn = self._conn
+        if conn is None:
+            raise ProviderUnavailableError("the redis session provider is not connected (closed?)")
+        packed = conn.pack_commands(commands)
+        self.round_trips += 1
+        try:
+            if conn.is_connected and _closed_by_peer(conn):
+                await _disconnect(conn)  # idle and closed by the server (timeout, restart, CLIENT KILL)
+            if not conn.is_connected:
+                connect: Any = conn.connect  # untyped in redis-py
+                await connect()  # (a sentinel-managed connection asks for the master here)
+            await conn.send_packed_command(packed)
+            read = conn.read_response
+            replies: list[Any] = []
+            for _ in range(len(commands)):
+                try:
+                    replies.append(await read())
+                except rexc.ResponseError as exc:  # this command's error; the stream is intact
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await _disconnect(conn)
+            raise
+
+    async def _pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send *commands* in one round trip; per-command errors come back in place.
+
+        A connection failure is retried ``max_retries`` times (the batch is
+        sent again on a new connection, after a short backoff).
 
         :raises ProviderUnavailableError: if the connection failed or timed out.
         """
-        client = self._require_client()
-        self.round_trips += 1
-        try:
-            async with client.pipeline(transaction=False) as pipe:
-                for args in commands:
-                    _stage(pipe, args)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-                return replies
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise self._unavailable(exc) from exc
-        except rexc.RedisError as exc:
-            raise self._unavailable(exc) from exc
+        retries = self.redis_config.max_retries
+        failures = 0
+        while True:
+            try:
+                return await self._exchange(commands)
+            except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
+                raise self._unavailable(exc) from exc
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+                failures += 1
+                if failures > retries:
+                    raise self._unavailable(exc) from exc
+                await asyncio.sleep(self._backoff.compute(failures))
+            except rexc.RedisError as exc:
+                raise self._unavailable(exc) from exc
 
     async def run_ops(self, ops: Sequence[_Op]) -> list[Any]:
-        """Run *ops* in one pipeline; one outcome (result or exception) per op.
+        """Run *ops* in one round trip; one outcome (result or exception) per op.
 
         Scripts a restarted server has forgotten (``NOSCRIPT``) are loaded and
         the affected commands re-sent, in their order, in one more round trip.
@@ -531,18 +644,19 @@ class RedisProvider(BatchVerbs):
             for i, reply in zip(missing, again[len(loads) :]):
                 replies[i] = reply
         outcomes: list[Any] = []
+        finish = self.finish_op
         for op, reply in zip(ops, replies):
             if isinstance(reply, BaseException):
                 outcomes.append(self._refused(op, reply))
                 continue
             try:
-                outcomes.append(op.finish(reply))
+                outcomes.append(finish(op, reply))
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
 
     async def _run_one(self, message: Message) -> Any:
-        """One message as a pipeline of one (the verbs come from :class:`BatchVerbs`)."""
+        """One message as a batch of one (the verbs come from :class:`BatchVerbs`)."""
         op = self.build_op(message)
         assert op is not None
         (outcome,) = await self.run_ops([op])
@@ -551,10 +665,10 @@ class RedisProvider(BatchVerbs):
         return outcome
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
-        """Answer every drained message; consecutive pipelinable ones share one round trip.
+        """Answer every drained message; consecutive batchable ones share one round trip.
 
-        Reads, releases, exists, destroys and regenerates go out as one
-        pipeline, executed in message order on one connection. GC needs no
+        Reads, releases, exists, destroys and regenerates are written at once
+        on the dedicated connection and executed in message order. GC needs no
         command; ``All`` (a SCAN loop), init and close run on their own. Each
         message gets its own outcome: a bad value fails only its release.
         """
@@ -574,8 +688,7 @@ class RedisProvider(BatchVerbs):
 
         for index, message in enumerate(messages):
             if isinstance(message, GC):
-                outcomes[index] = None  # Redis expires keys itself
-                continue
+                continue  # Redis expires keys itself; the outcome stays None
             try:
                 op = self.build_op(message)
             except Exception as exc:  # e.g. an unserializable value: fails this message only
@@ -612,9 +725,30 @@ class RedisProvider(BatchVerbs):
                 return count
 
 
-def _stage(pipe: Any, args: tuple[Any, ...]) -> None:
-    """Queue one command on *pipe* (redis-py leaves this method untyped)."""
-    pipe.pipeline_execute_command(*args)
+_READ_SHA = READ_SCRIPT.sha
+_RELEASE_SHA = RELEASE_SCRIPT.sha
+
+
+def _closed_by_peer(conn: AbstractConnection) -> bool:
+    """True if the server has closed *conn* while it sat idle (its stream saw EOF or a reset).
+
+    Checked before each batch, as a pool checks a connection before handing
+    it out, so a connection the server dropped between batches is replaced
+    instead of failing the batch. (redis-py keeps the stream in ``_reader``;
+    without it the check says False and such a batch fails once.)
+    """
+    reader = getattr(conn, "_reader", None)
+    if not isinstance(reader, asyncio.StreamReader):
+        return False
+    return reader.at_eof() or reader.exception() is not None
+
+
+async def _disconnect(conn: AbstractConnection) -> None:
+    """Close *conn* (its parser state too); it connects again on its next use."""
+    try:
+        await conn.disconnect(nowait=True)
+    except Exception as exc:  # pragma: no cover - closing a broken socket
+        log.debug("redis: closing the connection failed: %s", exc)
 
 
 def _glob_escape(text: str) -> str:

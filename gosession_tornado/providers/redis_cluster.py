@@ -557,7 +557,7 @@ class RedisClusterProvider(RedisProvider):
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
-    async def _pipeline(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def _pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send *commands* as one pipeline per owning node, concurrently; errors come back in place.
 
         ``SCRIPT LOAD`` commands go to every master first. A node that fails
