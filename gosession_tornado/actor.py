@@ -230,8 +230,8 @@ class ActorRef:
 
     @property
     def idle(self) -> bool:
-        """True while nothing is queued and no batch runs: a message sent now would run next."""
-        return not self._mailbox and not self._current and self._loop is not None and not self._closing
+        """True while running with nothing queued and no batch in progress: a message sent now would run next."""
+        return not (self._mailbox or self._current or self._closing) and self._loop is not None
 
     def call_now(self, message: Message) -> Any:
         """Answer *message* on the caller's stack (only while :attr:`idle`, for an ``in_process`` provider).
@@ -242,17 +242,17 @@ class ActorRef:
 
         :raises Exception: whatever the provider raised.
         """
-        assert self._loop is not None
-        kind = message.kind
-        st = self._stats.get(kind)
-        if st is None:
-            st = self._stats[kind] = KindStats()
+        st = self._stats.get(message.kind) or self._kind_stats(message.kind)
         st.calls += 1
         try:
             return self.provider.handle_now(message)
         except Exception:
             st.errors += 1
             raise
+
+    def _kind_stats(self, kind: str) -> KindStats:
+        st = self._stats[kind] = KindStats()
+        return st
 
     def tell(self, message: Message) -> None:
         """Send *message* without waiting; a failure is logged, never raised."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import threading
 import uuid
 from typing import Any
@@ -131,16 +132,14 @@ def decode(data: bytes | memoryview) -> Any:
     if len(data) > MAX_DECODE_BYTES:
         raise ValueError(f"session payload of {len(data)} bytes exceeds {MAX_DECODE_BYTES}")
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=False,
-            use_list=True,
-            ext_hook=_ext_hook,
-            timestamp=0,
-        )
+        return _unpackb(data)
     except Exception as exc:  # msgpack raises a zoo of types on garbage
         raise ValueError(f"corrupt session payload: {exc!r}") from exc
+
+
+_unpackb = functools.partial(
+    msgpack.unpackb, raw=False, strict_map_key=False, use_list=True, ext_hook=_ext_hook, timestamp=0
+)
 
 
 def encode_item(key: Any, value: Any) -> tuple[bytes, bytes]:

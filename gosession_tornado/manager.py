@@ -153,16 +153,19 @@ def cookie_value(header: str, name: str) -> str | None:
     quotes loses them) but looks only for *name*, so a request pays for one
     cookie, not for building a :class:`http.cookies.SimpleCookie` of all.
     """
-    if name not in header:
+    pattern = _COOKIE_PATTERNS.get(name)
+    if pattern is None:
+        pattern = _COOKIE_PATTERNS[name] = re.compile(rf"(?:^|;)[ \t]*{re.escape(name)}[ \t]*=([^;]*)")
+    found = pattern.findall(header)
+    if not found:
         return None
-    value: str | None = None
-    for chunk in header.split(";"):
-        key, sep, val = chunk.partition("=")
-        if sep and key.strip() == name:
-            value = val.strip()
-    if value is not None and len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+    value: str = found[-1].strip()
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
         value = value[1:-1]
     return value
+
+
+_COOKIE_PATTERNS: dict[str, re.Pattern[str]] = {}
 
 
 class Stats(dict[str, Any]):
@@ -209,6 +212,8 @@ class SessionManager:
     def __init__(self, provider: Any = "memory", *args: Any, **kwargs: Any) -> None:
         self.config: ManagerConfig = build_config(provider, *args, **kwargs)
         self._provider_cls: type[Provider] = lookup(self.config.provider)
+        self._client_side = self._provider_cls.client_side
+        self._in_process = self._provider_cls.in_process
         self.config = self._provider_cls.configure_manager(self.config)
         self._actor: ActorRef | None = None
         self._gc_callback: PeriodicCallback | None = None
@@ -227,7 +232,7 @@ class SessionManager:
     @property
     def client_side(self) -> bool:
         """True when the provider keeps sessions in the cookie itself."""
-        return self._provider_cls.client_side
+        return self._client_side
 
     @property
     def started(self) -> bool:
@@ -317,9 +322,8 @@ class SessionManager:
         c = self.config
         value: str | None = None
         headers = handler.request.headers
-        cookie_header = headers.get("Cookie")
-        if cookie_header:
-            value = cookie_value(cookie_header, c.cookie_name)
+        if "Cookie" in headers:
+            value = cookie_value(headers["Cookie"], c.cookie_name)
         if not value and c.enable_sid_in_http_header:
             value = headers.get(c.header_name)
         if not value and c.enable_sid_in_url_query:
@@ -384,7 +388,7 @@ class SessionManager:
     def _writes_cookie(self) -> bool:
         # A client-side store *is* the cookie, so it is written even with
         # enable_set_cookie=false (as beego's cookie provider does; seed 001).
-        return self.config.enable_set_cookie or self.client_side
+        return self.config.enable_set_cookie or self._client_side
 
     def cookie_max_age(self, session: Session) -> int | None:
         """``Max-Age`` for *session*'s cookie in seconds, or ``None`` for a browser-session cookie."""
@@ -410,7 +414,7 @@ class SessionManager:
             apply_cookies(handler)
         if (
             self.config.enable_sid_in_http_header
-            and not self.client_side
+            and not self._client_side
             and not getattr(handler, "_headers_written", False)
         ):
             handler.set_header(self.config.header_name, session.session_id)
@@ -451,7 +455,7 @@ class SessionManager:
         session: Session | None = None
         if raw is None:
             pass
-        elif self.client_side:
+        elif self._client_side:
             decoded = await actor.ask(DecodeCookie(raw))
             if decoded is not None:
                 # a DecodedCookie, or a plain (sid, data, expiry) from an older provider
@@ -459,7 +463,7 @@ class SessionManager:
                 reissue = bool(getattr(decoded, "reissue", False))
                 session = Session(self, sid, data, expiry=expiry, save_if_unmodified=reissue)
         elif self._sid_re.match(raw) is not None:
-            if self._provider_cls.in_process and actor.idle:
+            if self._in_process and actor.idle:
                 data = actor.call_now(Read(raw))
             else:
                 data = await actor.ask(Read(raw))
@@ -469,7 +473,7 @@ class SessionManager:
                     handler.set_header(self.config.header_name, raw)
         if session is None:
             session = Session(self, self.new_sid(), None, is_new=True)
-            if not self.client_side:
+            if not self._client_side:
                 self._issue(handler, session)
         state.sessions[id(self)] = session
         return session
@@ -508,7 +512,8 @@ class SessionManager:
         """
         if session.destroyed:
             return None
-        if session.expiry is not None and session.expiry < 0:
+        expiry = session.expiry
+        if expiry is not None and expiry < 0:
             return asyncio.ensure_future(self._destroy_session(session, handler))
         if not session.needs_save():
             return None
@@ -516,11 +521,11 @@ class SessionManager:
         if actor is None or not actor.running:
             return asyncio.ensure_future(self._release_after_start(session, handler))
         lifetime = self.server_lifetime(session)
-        if self.client_side:
+        if self._client_side:
             reply = actor.ask(EncodeCookie(session.session_id, session._record(), lifetime))
             return _then(reply, lambda value: self._encoded(session, handler, value))
         message = Release(session.session_id, session.changes(), lifetime)
-        if self._provider_cls.in_process:
+        if self._in_process:
             if actor.idle:
                 actor.call_now(message)
                 self._released(session, handler)
@@ -546,14 +551,14 @@ class SessionManager:
 
     def _released(self, session: Session, handler: RequestHandler | None) -> None:
         """*session*'s changes are stored: mark it saved, (re)issue its cookie if due."""
-        expiry_changed = session._expiry_changed or session._cookie_changed
-        was_new = session.is_new
-        issued = handler is not None and id(session) in request_state(handler).cookie_issued
+        reissue = session._expiry_changed or session._cookie_changed
+        if handler is not None and not reissue and session.is_new:
+            reissue = id(session) not in request_state(handler).cookie_issued
         session._mark_saved()
         # A cookie with a Max-Age slides with use (gorilla re-sends it on every save),
         # so a "remember me" cookie expires max-age after the last change, like the record.
         if handler is not None and (
-            expiry_changed or (was_new and not issued) or self.cookie_max_age(session) is not None
+            reissue or self.config.cookie_lifetime > 0 or (session.expiry or 0) > 0
         ):
             self._issue(handler, session)
 
@@ -566,7 +571,7 @@ class SessionManager:
         await self._destroy_session(session, handler)
 
     async def _destroy_session(self, session: Session, handler: RequestHandler | None) -> None:
-        if not self.client_side and not session.is_new:  # a new session was never stored
+        if not self._client_side and not session.is_new:  # a new session was never stored
             await self._ask(Destroy(session.session_id))
         session._mark_destroyed()
         self._expire(handler, session)
@@ -589,10 +594,10 @@ class SessionManager:
             session = await self.session_start(handler)
         old = session.session_id
         new = self.new_sid()
-        if not self.client_side and not session.is_new:
+        if not self._client_side and not session.is_new:
             await self._ask(Regenerate(old, new))
         session._rebind(new)
-        if self.client_side:
+        if self._client_side:
             session._save_if_unmodified = True  # the cookie must be re-issued
         else:
             self._issue(handler, session)

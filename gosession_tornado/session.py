@@ -88,7 +88,6 @@ class Session(MutableMapping[Any, Any]):
         "_is_new",
         "_manager",
         "_regenerated",
-        "_released",
         "_save_if_unmodified",
         "_set",
         "_sid",
@@ -118,7 +117,6 @@ class Session(MutableMapping[Any, Any]):
         self._expiry_changed = False
         self._regenerated = False
         self._destroyed = False
-        self._released = False
         self._save_if_unmodified = is_new if save_if_unmodified is None else save_if_unmodified
         #: Per-session cookie attributes (see :meth:`set_cookie_options`).
         self._cookie_options: dict[str, Any] = {}
@@ -381,9 +379,16 @@ class Session(MutableMapping[Any, Any]):
 
     def needs_save(self) -> bool:
         """True if releasing this session would write anything."""
-        if self._destroyed or self._released:
+        if self._destroyed:
             return False
-        return self.modified or self._save_if_unmodified
+        return bool(
+            self._set
+            or self._deleted
+            or self._flushed
+            or self._expiry_changed
+            or self._cookie_changed
+            or self._save_if_unmodified
+        )
 
     async def release(self, handler: RequestHandler | None = None) -> None:
         """Save the changes to the provider (beego's ``SessionRelease``).

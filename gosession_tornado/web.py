@@ -122,6 +122,8 @@ class SessionMixin(_Base):
     _gs_finish_future: asyncio.Future[None] | None = None
     #: A save failed and the response was replaced by the error page.
     _gs_failed: bool = False
+    #: finish() has started the saves: a flush() from here on saves nothing.
+    _gs_saved: bool = False
 
     # ------------------------------------------------------------ managers
 
@@ -302,7 +304,7 @@ class SessionMixin(_Base):
 
     def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
         """Save the touched sessions (and write their cookies) before the first flush."""
-        if self._headers_written or not self._gs_unsaved():
+        if self._gs_saved or self._headers_written or not self._gs_unsaved():
             return super().flush(include_footers)
 
         async def step() -> None:
@@ -323,20 +325,22 @@ class SessionMixin(_Base):
             return self._gs_finish_future
         if self._gs_tail is not None:  # a flush() is saving: finish after it, in order
             return self._gs_finish_chained(chunk)
-        sessions = self._gs_unsaved()
+        state: _RequestState | None = getattr(self, _STATE_ATTR, None)
         pending: list[asyncio.Future[None]] = []
         error: BaseException | None = None
-        for session in sessions:
-            manager = session.manager
-            if manager is None:
-                continue
-            try:
-                fut = manager.release_nowait(session, self)
-            except Exception as exc:
-                error = error or exc
-                continue
-            if fut is not None:
-                pending.append(fut)
+        if state is not None and not self._gs_failed:
+            for session in state.sessions.values():
+                manager = session.manager
+                if manager is None:
+                    continue
+                try:  # release_nowait() skips a session with nothing to save
+                    fut = manager.release_nowait(session, self)
+                except Exception as exc:
+                    error = error or exc
+                    continue
+                if fut is not None:
+                    pending.append(fut)
+        self._gs_saved = True  # flush() from Tornado's finish() need not look again
         if not pending and error is None:
             apply_cookies(self)
             return super().finish(chunk)

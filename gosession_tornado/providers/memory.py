@@ -116,13 +116,21 @@ class MemoryProvider(Provider):
 
     def read(self, sid: str) -> SessionData | None:
         """The data of a live session (fresh objects), refreshing its last access."""
-        now = time.monotonic()
-        live = self._live(sid, now)
-        if live is None:
+        rec = self._records.get(sid)
+        if rec is None:
             return None
-        rec, deadline, lifetime = live
+        deadline, lifetime = _HEAD.unpack_from(rec)
+        now = time.monotonic()
+        if deadline <= now:
+            del self._records[sid]
+            self._unindex(sid, int(deadline))
+            return None
         blob = memoryview(rec)[_HEAD_SIZE:]
-        self._store(sid, deadline, now + lifetime, lifetime, blob)
+        new = now + lifetime
+        self._records[sid] = _HEAD.pack(new, lifetime) + blob
+        if int(new) != int(deadline):
+            self._unindex(sid, int(deadline))
+            self._index(sid, int(new))
         data: SessionData = codec.decode(blob)
         return data
 
