@@ -230,7 +230,7 @@ class ActorRef:
 
     @property
     def idle(self) -> bool:
-        """True while running with nothing queued and no batch in progress: a message sent now would run next."""
+        """True while running with nothing queued and no batch in progress (a message would run next)."""
         return not (self._mailbox or self._current or self._closing) and self._loop is not None
 
     def call_now(self, message: Message) -> Any:
