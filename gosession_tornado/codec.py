@@ -24,7 +24,10 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["encode", "decode", "encode_item", "check_serializable", "MAX_DECODE_BYTES"]
+__all__ = [
+    "encode", "decode", "encode_item", "check_serializable", "MAX_DECODE_BYTES", "MAX_NESTING",
+    "MAX_EXT_NESTING",
+]
 
 #: Upper bound on the size of one payload :func:`decode` accepts, in bytes.
 MAX_DECODE_BYTES = 64 * 1024 * 1024
@@ -39,15 +42,38 @@ _EXT_DECIMAL = 7
 _EXT_UUID = 8
 
 
+#: Most levels of lists and dicts (and tuples, sets, frozensets) one value may
+#: nest. Every provider stores a value a few levels down its own envelope, so
+#: :func:`encode_item` refuses deeper values: all providers then accept the same.
+MAX_NESTING = 1000
+#: Most tuples, sets and frozensets nested inside each other in one value (each
+#: level is a payload of its own, encoded by a nested call).
+MAX_EXT_NESTING = 16
+#: Container levels msgpack's packer takes in one payload.
+_PACK_DEPTH = 1025
+
+
+def _ext_payload(code: int, items: list[Any]) -> msgpack.ExtType:
+    """An ext payload holding *items*, encoded by a nested packer; depth-limited."""
+    depth = getattr(_local, "ext_depth", 0)
+    if depth >= MAX_EXT_NESTING:
+        raise TypeError(f"tuples, sets and frozensets nest at most {MAX_EXT_NESTING} levels deep")
+    _local.ext_depth = depth + 1
+    try:
+        # A fresh packer: the caller's is in the middle of a pack.
+        return msgpack.ExtType(code, _encode_fresh(items))
+    finally:
+        _local.ext_depth = depth
+
+
 def _default(obj: Any) -> msgpack.ExtType:
     # strict_types=True sends tuples (and subclasses of native types) here.
-    # Nested payloads use a fresh packer: the caller's is in the middle of a pack.
     if isinstance(obj, tuple):
-        return msgpack.ExtType(_EXT_TUPLE, _encode_fresh(list(obj)))
+        return _ext_payload(_EXT_TUPLE, list(obj))
     if isinstance(obj, frozenset):
-        return msgpack.ExtType(_EXT_FROZENSET, _encode_fresh(list(obj)))
+        return _ext_payload(_EXT_FROZENSET, list(obj))
     if isinstance(obj, set):
-        return msgpack.ExtType(_EXT_SET, _encode_fresh(list(obj)))
+        return _ext_payload(_EXT_SET, list(obj))
     if isinstance(obj, datetime.datetime):
         return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode("ascii"))
     if isinstance(obj, datetime.date):
@@ -66,14 +92,29 @@ def _default(obj: Any) -> msgpack.ExtType:
     raise TypeError(f"cannot serialize object of type {type(obj).__name__!r} into a session")
 
 
+def _ext_items(code: int, data: bytes) -> list[Any]:
+    """The list inside a tuple/set/frozenset payload; depth-limited like :func:`_ext_payload`."""
+    depth = getattr(_local, "ext_depth", 0)
+    if depth >= MAX_EXT_NESTING:
+        raise ValueError(f"tuples and sets nested more than {MAX_EXT_NESTING} levels deep")
+    _local.ext_depth = depth + 1
+    try:
+        items = decode(data)
+    finally:
+        _local.ext_depth = depth
+    if not isinstance(items, list):
+        raise ValueError(f"ext type {code} does not hold a list")
+    return items
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
     try:
         if code == _EXT_TUPLE:
-            return tuple(decode(data))
+            return tuple(_ext_items(code, data))
         if code == _EXT_SET:
-            return set(decode(data))
+            return set(_ext_items(code, data))
         if code == _EXT_FROZENSET:
-            return frozenset(decode(data))
+            return frozenset(_ext_items(code, data))
         if code == _EXT_DATETIME:
             return datetime.datetime.fromisoformat(data.decode("ascii"))
         if code == _EXT_DATE:
@@ -143,15 +184,32 @@ _unpackb = functools.partial(
 
 
 def encode_item(key: Any, value: Any) -> tuple[bytes, bytes]:
-    """``(encode(key), encode(value))``, or :class:`TypeError` naming *key*."""
+    """``(encode(key), encode(value))``, or :class:`TypeError` naming *key*.
+
+    Also refuses a value nested more than :data:`MAX_NESTING` levels (a
+    provider stores it a few levels deeper, where msgpack would refuse it).
+    """
     try:
         kb = encode(key)
     except TypeError as exc:
         raise TypeError(f"session key {key!r} is not serializable: {exc}") from None
     try:
-        return kb, encode(value)
+        vb = encode(value)
     except TypeError as exc:
         raise TypeError(f"session value for key {key!r} is not serializable: {exc}") from None
+    # Each level costs at least one byte, so only a long payload can be too deep:
+    # encode it again below enough levels to reach msgpack's limit exactly then.
+    if len(vb) > MAX_NESTING:
+        probe: Any = value
+        for _ in range(_PACK_DEPTH - MAX_NESTING):
+            probe = [probe]
+        try:
+            encode(probe)
+        except TypeError:
+            raise TypeError(
+                f"session value for key {key!r} nests more than {MAX_NESTING} levels deep"
+            ) from None
+    return kb, vb
 
 
 def check_serializable(key: Any, value: Any) -> None:

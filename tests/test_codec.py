@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import threading
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -279,3 +280,70 @@ def test_session_accepts_every_ext_type() -> None:
     for i, value in enumerate(ROUND_TRIP):
         s[i] = value
     assert len(s) == len(ROUND_TRIP)
+
+
+# ---------------------------------------------------------------- nesting limits
+
+
+def _lists(depth: int) -> list[Any]:
+    """A list nested *depth* levels deep (``[]`` is 1 level)."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def _tuples(depth: int) -> tuple[Any, ...]:
+    value: tuple[Any, ...] = ()
+    for _ in range(depth - 1):
+        value = (value,)
+    return value
+
+
+def test_values_nested_up_to_the_limit_are_accepted_and_round_trip() -> None:
+    s = Session(None, "0" * 32)
+    s["deep"] = _lists(codec.MAX_NESTING)
+    s["600"] = _lists(600)  # issue 9: stored alike by every provider
+    s["tuples"] = _tuples(codec.MAX_EXT_NESTING)
+    for kb, vb in s.changes().encoded_items():
+        assert codec.encode(codec.decode(vb)) == vb  # (== on 1000-deep lists would recurse too far)
+
+
+def test_values_nested_too_deep_are_refused_at_set_time_naming_the_key() -> None:
+    s = Session(None, "0" * 32)
+    with pytest.raises(TypeError, match=r"'deep'.*nests more than 1000 levels"):
+        s["deep"] = _lists(codec.MAX_NESTING + 1)
+    with pytest.raises(TypeError, match="'deeper'"):
+        s["deeper"] = _lists(5000)
+    with pytest.raises(TypeError, match=r"'tuples'.*16 levels"):
+        s["tuples"] = _tuples(codec.MAX_EXT_NESTING + 1)
+    assert len(s) == 0
+
+
+def test_deeply_nested_tuples_never_crash_the_interpreter() -> None:
+    # Each tuple level is a nested msgpack call; 200 levels used to overflow the C
+    # stack (a segfault, killing the server). Now a TypeError at the 17th level.
+    with pytest.raises(TypeError):
+        codec.encode(_tuples(200))
+    with pytest.raises(TypeError):
+        codec.encode({"a": [_tuples(100_000)]})
+
+
+def test_a_payload_with_tuples_nested_too_deep_is_corrupt_not_a_crash() -> None:
+    # Hand-built: 40 levels of ext type 1 (tuple) around an empty list.
+    payload = codec.encode([])
+    for _ in range(40):
+        payload = msgpack.packb(msgpack.ExtType(1, payload))
+    with pytest.raises(ValueError, match="nested more than 16"):
+        codec.decode(payload)
+
+
+def test_tuples_in_deep_lists_in_tuples_encode_in_a_thread_too() -> None:
+    value: Any = None
+    for _ in range(codec.MAX_EXT_NESTING):
+        value = (_lists(900) if value is None else [value],)
+    results: list[Any] = []
+    worker = threading.Thread(target=lambda: results.append(codec.decode(codec.encode(value))))
+    worker.start()
+    worker.join()
+    assert results == [value]
