@@ -305,7 +305,7 @@ def test_values_nested_up_to_the_limit_are_accepted_and_round_trip() -> None:
     s["deep"] = _lists(codec.MAX_NESTING)
     s["600"] = _lists(600)  # issue 9: stored alike by every provider
     s["tuples"] = _tuples(codec.MAX_EXT_NESTING)
-    for kb, vb in s.changes().encoded_items():
+    for _kb, vb in s.changes().encoded_items():
         assert codec.encode(codec.decode(vb)) == vb  # (== on 1000-deep lists would recurse too far)
 
 
