@@ -1,12 +1,15 @@
 """Helpers shared by the SQL provider tests (test_provider_mysql, test_provider_postgresql)
 and their contract-suite factories: messages, managers, per-test tables, a TCP proxy
-for outages, request handlers and the cross-process child script.
+for outages, request handlers, the cross-process child script, and the scenarios of
+the compare-and-swap release that both providers must pass (``check_*``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import secrets
 import socket
 import struct
@@ -16,7 +19,11 @@ from typing import Any
 
 import tornado.web
 
-from gosession_tornado import SessionManager, SessionMixin
+from gosession_tornado import Session, SessionManager, SessionMixin
+from gosession_tornado.provider import Read, Release
+from gosession_tornado.providers._sql import SQLBatchProvider
+
+from .support import ask, create, provider_of, update
 
 
 def table_name(unique: str) -> str:
@@ -147,3 +154,190 @@ _CHILD = textwrap.dedent(
 def child_script(provider: str) -> str:
     """A ``python -c`` script: argv config sid tag n start_at; *n* read-modify-writes of one session."""
     return _CHILD.replace("PROVIDER", provider)
+
+
+# ---------------------------------------------------------------- compare-and-swap releases
+
+
+@dataclasses.dataclass
+class RawRows:
+    """What a scenario may do to a provider's table behind its back (another process)."""
+
+    #: DELETE the row of a sid.
+    delete: Callable[[str], Awaitable[None]]
+    #: Move the row's expiry into the past (it stays in the table, expired).
+    expire: Callable[[str], Awaitable[None]]
+    #: True if the row is in the table and live by the server's measure.
+    live: Callable[[str], Awaitable[bool]]
+    #: True if the row is in the table at all.
+    present: Callable[[str], Awaitable[bool]]
+
+
+def sql_provider(m: SessionManager) -> SQLBatchProvider:
+    return provider_of(m, SQLBatchProvider)
+
+
+def paths(m: SessionManager) -> collections.Counter[str]:
+    """A copy of *m*'s release path counters."""
+    return sql_provider(m).release_paths.copy()
+
+
+async def check_swap_conflict_falls_back(a: SessionManager, b: SessionManager) -> None:
+    """Another process changed the row since *a* read it: *a*'s swap misses, the locked path
+    applies *a*'s change on top of *b*'s, and *a*'s next release is a swap again."""
+    sid = a.new_sid()
+    await ask(a, Release(sid, create(start=1), 600))
+    assert await ask(a, Read(sid)) == {"start": 1}  # a remembers the row
+    assert await ask(b, Read(sid)) == {"start": 1}
+    await ask(b, Release(sid, update(by_b=2), 600))  # the row changes under a
+
+    before = paths(a)
+    await ask(a, Release(sid, update(by_a=3), 600))
+    assert paths(a) - before == collections.Counter(conflicts=1, locked=1)
+    assert await ask(b, Read(sid)) == {"start": 1, "by_b": 2, "by_a": 3}
+
+    before = paths(a)
+    await ask(a, Release(sid, update(again=4, by_b=5), 600))  # a wrote it last: a swap
+    assert paths(a) - before == collections.Counter(swapped=1)
+    assert await ask(b, Read(sid)) == {"start": 1, "by_b": 5, "by_a": 3, "again": 4}
+
+
+async def check_swap_never_resurrects(m: SessionManager, raw: RawRows) -> None:
+    """A remembered session that was destroyed, or expired, meanwhile is not written back."""
+    gone, expired, new = m.new_sid(), m.new_sid(), m.new_sid()
+    for sid in (gone, expired):
+        await ask(m, Release(sid, create(a=1), 600))
+        assert await ask(m, Read(sid)) == {"a": 1}
+    await raw.delete(gone)  # another process destroyed it
+    await raw.expire(expired)
+    before = paths(m)
+    await asyncio.gather(
+        ask(m, Release(gone, update(b=2), 600)),
+        ask(m, Release(expired, update(b=2), 600)),
+    )
+    assert paths(m) - before == collections.Counter(conflicts=2, locked=2)
+    assert not await raw.present(gone)
+    assert not await raw.live(expired)
+    assert await ask(m, Read(gone)) is None
+    assert await ask(m, Read(expired)) is None
+    # The same for a session this process never read (the locked path from the start) ...
+    await ask(m, Release(expired, update(c=3), 600))
+    assert not await raw.live(expired)
+    # ... while a new session is created by its first save.
+    await ask(m, Release(new, create(n=1), 600))
+    assert await ask(m, Read(new)) == {"n": 1}
+
+
+async def check_managers_lose_nothing(a: SessionManager, b: SessionManager, rounds: int = 12) -> None:
+    """Two managers (two processes' worth of state) run read-modify-write requests on the same
+    sessions at once, each request setting its own key: no key is lost, whatever path wrote it."""
+    sids = [a.new_sid() for _ in range(3)]
+    for sid in sids:
+        await ask(a, Release(sid, create(), 600))
+
+    async def requests(m: SessionManager, sid: str, tag: str) -> None:
+        for i in range(rounds):
+            data = await m.read(sid)
+            assert data is not None, "session vanished"
+            s = Session(m, sid, data)
+            s[f"{tag}{i}"] = i
+            await s.release()
+
+    tags = ("a0", "a1", "b0", "b1")
+    await asyncio.gather(
+        *(
+            requests(a if tag[0] == "a" else b, sid, f"{tag}_{n}_")
+            for n, sid in enumerate(sids)
+            for tag in tags
+        )
+    )
+    for n, sid in enumerate(sids):
+        data = await a.read(sid)
+        assert data is not None
+        assert set(data) == {f"{tag}_{n}_{i}" for tag in tags for i in range(rounds)}
+    # They did get in each other's way, and the locked path sorted it out.
+    assert paths(a)["conflicts"] + paths(b)["conflicts"] > 0
+
+
+async def check_partly_matching_swap(
+    a: SessionManager, b: SessionManager
+) -> tuple[collections.Counter[str], collections.Counter[str]]:
+    """One batch swaps two remembered sessions, one of which another process changed: both
+    end up right (and the one already written is not written twice). Returns *a*'s
+    statement counts and release paths of that batch."""
+    kept, changed = a.new_sid(), a.new_sid()
+    for sid in (kept, changed):
+        await ask(a, Release(sid, create(sid=sid), 600))
+        assert await ask(a, Read(sid)) == {"sid": sid}
+    assert await ask(b, Read(changed)) == {"sid": changed}
+    await ask(b, Release(changed, update(by_b=1), 600))
+    p = sql_provider(a)
+    statements, before = p.statements.copy(), paths(a)
+    await asyncio.gather(
+        ask(a, Release(kept, update(x=1), 600)),
+        ask(a, Release(changed, update(x=2), 600)),
+    )
+    result = p.statements - statements, paths(a) - before
+    assert await ask(b, Read(kept)) == {"sid": kept, "x": 1}
+    assert await ask(b, Read(changed)) == {"sid": changed, "by_b": 1, "x": 2}
+    return result
+
+
+async def check_retried_swap_is_not_applied_twice(
+    m: SessionManager, lost: Callable[[], BaseException]
+) -> None:
+    """The connection breaks after a swap was applied but before its answer arrived: the retry
+    misses (the row already holds the new record), and the locked path sees it is written."""
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(a=1), 600))
+    assert await ask(m, Read(sid)) == {"a": 1}
+    p = sql_provider(m)
+    real = p._swap_rows
+    calls = 0
+
+    async def applied_then_lost(conn: Any, rows: Any, now: float) -> set[str] | None:
+        nonlocal calls
+        calls += 1
+        done = await real(conn, rows, now)
+        if calls == 1:
+            raise lost()
+        return done
+
+    p._swap_rows = applied_then_lost  # type: ignore[method-assign]
+    try:
+        statements, before = p.statements.copy(), paths(m)
+        await ask(m, Release(sid, update(b=2, a=None), 600))
+    finally:
+        del p._swap_rows
+    assert calls == 2
+    assert paths(m) - before == collections.Counter(conflicts=1, locked=1)
+    # Two swaps (the second missed), a locked read, and no write: it was there already.
+    assert (p.statements - statements)["update"] == 2
+    assert (p.statements - statements)["insert"] == 0
+    assert await ask(m, Read(sid)) == {"a": None, "b": 2}
+
+
+async def check_remembered_records_are_bounded(m: SessionManager) -> None:
+    """At most ``known_max_entries`` records are remembered; a forgotten session's release
+    takes the locked path and is just as right; records over ``known_max_record`` bytes are
+    never remembered."""
+    p = sql_provider(m)
+    p.known_max_entries = 8  # type: ignore[misc]
+    sids = [m.new_sid() for _ in range(20)]
+    await asyncio.gather(*(ask(m, Release(sid, create(i=i), 600)) for i, sid in enumerate(sids)))
+    for sid in sids:
+        await ask(m, Read(sid))
+    assert len(p._known) == 8
+    assert set(p._known) == set(sids[-8:])
+    before = paths(m)
+    await ask(m, Release(sids[0], update(x=1), 600))  # forgotten: locked
+    await ask(m, Release(sids[-1], update(x=1), 600))  # remembered: one swap
+    assert paths(m) - before == collections.Counter(locked=1, swapped=1)
+    assert await ask(m, Read(sids[0])) == {"i": 0, "x": 1}
+    assert await ask(m, Read(sids[-1])) == {"i": 19, "x": 1}
+    p.known_max_record = 64  # type: ignore[misc]
+    big = m.new_sid()
+    await ask(m, Release(big, create(blob="x" * 100), 600))
+    assert await ask(m, Read(big)) == {"blob": "x" * 100}
+    assert big not in p._known
+    assert p._known_bytes == sum(len(v) for v in p._known.values())

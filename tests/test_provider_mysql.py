@@ -1,5 +1,6 @@
 """The mysql provider beyond the contract suite: config forms, beego's schema, expiry,
-concurrency (HTTP and cross-process), batching proof, GC, outage and recovery.
+concurrency (HTTP and cross-process), compare-and-swap releases and their fallback,
+batching and statement-count proof (the server's own counters), GC, outage and recovery.
 
 Every test that touches the shared MariaDB uses its own table ``session_t<hex>``
 and drops it. Outage tests never touch the shared server: the manager talks to
@@ -12,6 +13,7 @@ a TCP proxy on a free port (:class:`Proxy`) that the test stops and starts.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import secrets
@@ -20,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pymysql
 import pytest
 import tornado.escape
 import tornado.httpclient
@@ -39,7 +42,7 @@ from gosession_tornado.providers.mysql import MySQLProvider
 from . import sql_helpers, support
 from .conftest import MYSQL, fail_or_skip, free_port
 from .factories.factory_mysql import DATABASE, PASSWORD, PORT, USER, drop_table, dsn, sql
-from .sql_helpers import Value, child_script, fresh_table, sql_manager
+from .sql_helpers import RawRows, Value, child_script, fresh_table, sql_manager
 from .support import Dump, SetKey, ask, create, update
 
 SOCKET = "/run/mysqld/mysqld.sock"
@@ -466,15 +469,15 @@ async def test_regenerate_moves_the_row_in_one_transaction(table: str) -> None:
 
 async def test_a_mixed_batch_answers_every_message(table: str) -> None:
     async with manager(table) as m:
-        a, b, c, d = (m.new_sid() for _ in range(4))
-        for sid in (a, b, c):
+        a, b, c, d, e = (m.new_sid() for _ in range(5))
+        for sid in (a, b, c, e):
             await ask(m, Release(sid, create(sid=sid), 600))
         actor = m._actor
         assert actor is not None
         before = actor.batches
         results = await asyncio.gather(
             ask(m, Read(a)),
-            ask(m, Exist(b)),
+            ask(m, Exist(e)),  # not b: an Exist beside b's Regenerate may see either side
             ask(m, Release(a, update(x=1), 600)),
             ask(m, Destroy(c)),
             ask(m, Read(d)),
@@ -493,6 +496,7 @@ async def test_a_mixed_batch_answers_every_message(table: str) -> None:
         assert await ask(m, Read(a)) == {"sid": a, "x": 1}
         assert await ask(m, Read(c)) is None
         assert await ask(m, Read(d)) == {"y": 2}
+        assert await ask(m, Exist(b)) is False  # moved
 
 
 # ---------------------------------------------------------------- concurrency and lifetime
@@ -572,10 +576,14 @@ async def test_1000_expired_sessions_are_not_served_and_gc_leaves_no_rows(table:
 
 
 async def server_counters(p: MySQLProvider) -> dict[str, int]:
-    """Com_select/Com_update of the pool's only connection, read on that connection."""
-    async with p._pool.acquire() as conn, conn.cursor() as cur:
-        await cur.execute("SHOW SESSION STATUS WHERE Variable_name IN ('Com_select', 'Com_update')")
-        return {str(k): int(v) for k, v in await cur.fetchall()}
+    """Com_* counters of the pool's only connection (the one the provider keeps at hand), read on it."""
+    conn = await p._take()
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SHOW SESSION STATUS WHERE Variable_name LIKE 'Com\\_%'")
+            return {str(k): int(v) for k, v in await cur.fetchall()}
+    finally:
+        await p._give_back(conn)
 
 
 async def test_100_concurrent_reads_are_one_select_and_one_update(table: str) -> None:
@@ -603,15 +611,110 @@ async def test_100_concurrent_reads_are_one_select_and_one_update(table: str) ->
         assert int(expiries[0][0]) >= int(time.time()) + 590  # all 100 refreshed by that one UPDATE
 
 
-async def test_50_concurrent_releases_are_one_transaction(table: str) -> None:
-    async with manager(table) as m:
+async def test_50_concurrent_releases_are_one_statement(table: str) -> None:
+    """Releases of remembered sessions are one compare-and-swap UPDATE, new ones one INSERT:
+    no transaction."""
+    async with manager(table, maxsize=1) as m:
         p = provider_of(m)
-        sid = m.new_sid()
-        await ask(m, Release(sid, create(), 600))
-        begins = p.statements["begin"]
-        await asyncio.gather(*(ask(m, Release(sid, update(**{f"k{i}": i}), 600)) for i in range(50)))
-        assert p.statements["begin"] - begins == 1
-        assert await ask(m, Read(sid)) == {f"k{i}": i for i in range(50)}
+        sids = [m.new_sid() for _ in range(5)]
+        await asyncio.gather(*(ask(m, Release(sid, create(), 600)) for sid in sids))
+        others = [m.new_sid() for _ in range(10)]
+        statements, server = p.statements.copy(), await server_counters(p)
+
+        await asyncio.gather(
+            *(ask(m, Release(sids[i % 5], update(**{f"k{i}": i}), 600)) for i in range(50)),
+            *(ask(m, Release(o, create(new=o), 600)) for o in others),
+        )
+
+        assert p.statements - statements == collections.Counter(update=1, insert=1)
+        after = await server_counters(p)
+        assert {k: after[k] - server[k] for k in ("Com_update", "Com_insert", "Com_begin", "Com_commit",
+                                                  "Com_select")} == {
+            "Com_update": 1, "Com_insert": 1, "Com_begin": 0, "Com_commit": 0, "Com_select": 0
+        }
+        for j, sid in enumerate(sids):
+            assert await ask(m, Read(sid)) == {f"k{i}": i for i in range(j, 50, 5)}
+        assert await row_count(table) == 15
+
+
+async def test_read_and_release_of_a_request_are_two_statements(table: str, serve: Any) -> None:
+    """At concurrency 1 a request that reads and changes its session costs one SELECT and one
+    UPDATE, counted by the server on the provider's only connection; a new session's first
+    save is one INSERT; a read-only request one SELECT."""
+    async with manager(table, maxsize=1) as m:
+        p = provider_of(m)
+        client = await serve([("/", Value)], session_manager=m)
+        keys = ("Com_select", "Com_update", "Com_insert", "Com_delete", "Com_begin", "Com_commit")
+
+        async def counted(path: str) -> tuple[Any, dict[str, int], collections.Counter[str]]:
+            server, statements = await server_counters(p), p.statements.copy()
+            body = tornado.escape.json_decode((await client.fetch(path)).body)
+            after = await server_counters(p)
+            delta = {k: after[k] - server[k] for k in keys if after[k] != server[k]}
+            return body, delta, p.statements - statements
+
+        assert await counted("/?set=a") == ({"v": "a"}, {"Com_insert": 1}, collections.Counter(insert=1))
+        for value in ("b", "c"):
+            assert await counted(f"/?set={value}") == (
+                {"v": value}, {"Com_select": 1, "Com_update": 1}, collections.Counter(select=1, update=1)
+            )
+        assert await counted("/") == ({"v": "c"}, {"Com_select": 1}, collections.Counter(select=1))
+
+
+def raw_rows(table: str) -> RawRows:
+    async def delete(sid: str) -> None:
+        await sql(f"DELETE FROM `{table}` WHERE session_key = %s", (sid,))
+
+    async def expire(sid: str) -> None:
+        past = int(time.time()) - 10
+        await sql(f"UPDATE `{table}` SET session_expiry = %s WHERE session_key = %s", (past, sid))
+
+    async def live(sid: str) -> bool:
+        rows = await sql(
+            f"SELECT session_expiry > UNIX_TIMESTAMP() FROM `{table}` WHERE session_key = %s", (sid,)
+        )
+        return bool(rows and rows[0][0])
+
+    async def present(sid: str) -> bool:
+        return bool(await sql(f"SELECT 1 FROM `{table}` WHERE session_key = %s", (sid,)))
+
+    return RawRows(delete, expire, live, present)
+
+
+async def test_swap_conflict_falls_back_to_the_locked_path(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        await sql_helpers.check_swap_conflict_falls_back(a, b)
+
+
+async def test_swap_never_resurrects_a_destroyed_or_expired_session(table: str) -> None:
+    async with manager(table) as m:
+        await sql_helpers.check_swap_never_resurrects(m, raw_rows(table))
+
+
+async def test_two_managers_changing_different_keys_lose_nothing(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        await sql_helpers.check_managers_lose_nothing(a, b)
+
+
+async def test_a_partly_matching_multi_row_swap_is_sorted_out_by_the_locked_path(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        statements, paths = await sql_helpers.check_partly_matching_swap(a, b)
+        # The server says "1 of 2 matched", not which: both go the locked way; the row the
+        # swap wrote is recognized and left alone, the other one is written.
+        assert statements == collections.Counter(update=2, begin=1, select=1, commit=1)
+        assert paths == collections.Counter(conflicts=2, locked=2)
+
+
+async def test_a_retried_swap_is_not_applied_twice(table: str) -> None:
+    async with manager(table) as m:
+        await sql_helpers.check_retried_swap_is_not_applied_twice(
+            m, lambda: pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+        )
+
+
+async def test_remembered_records_are_bounded(table: str) -> None:
+    async with manager(table) as m:
+        await sql_helpers.check_remembered_records_are_bounded(m)
 
 
 # ---------------------------------------------------------------- outage and recovery

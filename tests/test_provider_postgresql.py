@@ -1,5 +1,6 @@
 """The postgresql provider beyond the contract suite: config forms, beego's schema, expiry,
-concurrency (HTTP and cross-process), batching proof, GC, outage and recovery.
+concurrency (HTTP and cross-process), compare-and-swap releases and their fallback,
+batching and statement-count proof (on the wire), GC, outage and recovery.
 
 Every test that touches the shared PostgreSQL uses its own table ``session_t<hex>``
 and drops it. Outage tests never touch the shared server: the manager talks to
@@ -45,7 +46,7 @@ from gosession_tornado.providers.postgresql import PostgreSQLProvider
 from . import sql_helpers, support
 from .conftest import POSTGRESQL, fail_or_skip, free_port
 from .factories.factory_postgresql import DATABASE, PASSWORD, PORT, USER, drop_table, dsn, sql
-from .sql_helpers import Value, child_script, fresh_table, sql_manager
+from .sql_helpers import RawRows, Value, child_script, fresh_table, sql_manager
 from .support import Dump, SetKey, ask, create, update
 
 SOCKET_DIR = "/var/run/postgresql"
@@ -540,15 +541,15 @@ async def test_regenerate_moves_the_row_in_one_transaction(table: str) -> None:
 
 async def test_a_mixed_batch_answers_every_message(table: str) -> None:
     async with manager(table) as m:
-        a, b, c, d = (m.new_sid() for _ in range(4))
-        for sid in (a, b, c):
+        a, b, c, d, e = (m.new_sid() for _ in range(5))
+        for sid in (a, b, c, e):
             await ask(m, Release(sid, create(sid=sid), 600))
         actor = m._actor
         assert actor is not None
         before = actor.batches
         results = await asyncio.gather(
             ask(m, Read(a)),
-            ask(m, Exist(b)),
+            ask(m, Exist(e)),  # not b: an Exist beside b's Regenerate may see either side
             ask(m, Release(a, update(x=1), 600)),
             ask(m, Destroy(c)),
             ask(m, Read(d)),
@@ -569,6 +570,7 @@ async def test_a_mixed_batch_answers_every_message(table: str) -> None:
         assert await ask(m, Read(a)) == {"sid": a, "x": 1}
         assert await ask(m, Read(c)) is None
         assert await ask(m, Read(d)) == {"y": 2}
+        assert await ask(m, Exist(b)) is False  # moved
 
 
 # ---------------------------------------------------------------- concurrency and lifetime
@@ -712,26 +714,108 @@ async def test_100_concurrent_reads_are_one_select_and_one_update(table: str) ->
         assert remaining[0][0] is True  # all 100 refreshed by that one UPDATE
 
 
-async def test_50_concurrent_releases_are_one_transaction(table: str) -> None:
+async def test_50_concurrent_releases_are_one_statement(table: str) -> None:
+    """Releases of remembered sessions are one compare-and-swap UPDATE, new ones one INSERT:
+    no transaction."""
     async with counted(table) as (m, proxy):
         p = provider_of(m)
-        sid = m.new_sid()
-        await ask(m, Release(sid, create(), 600))
+        sids = [m.new_sid() for _ in range(5)]
+        await asyncio.gather(*(ask(m, Release(sid, create(), 600)) for sid in sids))
         others = [m.new_sid() for _ in range(10)]
         statements, wire, queries = p.statements.copy(), proxy.messages.copy(), len(proxy.queries)
 
         await asyncio.gather(
-            *(ask(m, Release(sid, update(**{f"k{i}": i}), 600)) for i in range(50)),
+            *(ask(m, Release(sids[i % 5], update(**{f"k{i}": i}), 600)) for i in range(50)),
             *(ask(m, Release(o, create(new=o), 600)) for o in others),
         )
 
-        expected = collections.Counter(begin=1, select=1, update=1, insert=1, commit=1)
-        assert p.statements - statements == expected
+        assert p.statements - statements == collections.Counter(update=1, insert=1)
         sent = proxy.messages - wire
-        assert sent["Q"] == 2 and sent["E"] == 3, sent  # BEGIN/COMMIT; SELECT FOR UPDATE, UPDATE, INSERT
-        assert proxy.queries[queries:] == ["BEGIN", "COMMIT"]
-        assert await ask(m, Read(sid)) == {f"k{i}": i for i in range(50)}
-        assert await row_count(table) == 11
+        assert sent["Q"] == 0 and sent["E"] == 2, sent  # no BEGIN/COMMIT; UPDATE, INSERT
+        assert proxy.queries[queries:] == []
+        for j, sid in enumerate(sids):
+            assert await ask(m, Read(sid)) == {f"k{i}": i for i in range(j, 50, 5)}
+        assert await row_count(table) == 15
+
+
+async def test_read_and_release_of_a_request_are_two_statements(table: str, serve: Any) -> None:
+    """At concurrency 1 a request that reads and changes its session sends one SELECT and one
+    UPDATE (two Execute messages, prepared once per connection: no Parse after the first
+    time); a new session's first save is one INSERT; a read-only request one SELECT."""
+    async with counted(table) as (m, proxy):
+        p = provider_of(m)
+        client = await serve([("/", Value)], session_manager=m)
+
+        async def sent(path: str) -> tuple[Any, dict[str, int], collections.Counter[str]]:
+            wire, statements = proxy.messages.copy(), p.statements.copy()
+            body = tornado.escape.json_decode((await client.fetch(path)).body)
+            delta = proxy.messages - wire
+            return body, {k: delta[k] for k in "QPE"}, p.statements - statements
+
+        body, wire, statements = await sent("/?set=a")
+        assert (body, wire["Q"], wire["E"], statements) == ({"v": "a"}, 0, 1, collections.Counter(insert=1))
+        # The first SELECT and UPDATE on this connection are prepared (and asyncpg looks up
+        # the key array's type once); from then on the server only executes them.
+        body, _, statements = await sent("/?set=b")
+        assert (body, statements) == ({"v": "b"}, collections.Counter(select=1, update=1))
+        assert await sent("/?set=c") == (
+            {"v": "c"}, {"Q": 0, "P": 0, "E": 2}, collections.Counter(select=1, update=1)
+        )
+        assert await sent("/") == ({"v": "c"}, {"Q": 0, "P": 0, "E": 1}, collections.Counter(select=1))
+
+
+def raw_rows(table: str) -> RawRows:
+    async def delete(sid: str) -> None:
+        await sql(f'DELETE FROM "{table}" WHERE session_key = $1', sid)
+
+    async def expire(sid: str) -> None:
+        await expire_in(table, sid, "-10 s")
+
+    async def live(sid: str) -> bool:
+        rows = await sql(f'SELECT session_expiry > now() FROM "{table}" WHERE session_key = $1', sid)
+        return bool(rows and rows[0][0])
+
+    async def present(sid: str) -> bool:
+        return bool(await sql(f'SELECT 1 FROM "{table}" WHERE session_key = $1', sid))
+
+    return RawRows(delete, expire, live, present)
+
+
+async def test_swap_conflict_falls_back_to_the_locked_path(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        await sql_helpers.check_swap_conflict_falls_back(a, b)
+
+
+async def test_swap_never_resurrects_a_destroyed_or_expired_session(table: str) -> None:
+    async with manager(table) as m:
+        await sql_helpers.check_swap_never_resurrects(m, raw_rows(table))
+
+
+async def test_two_managers_changing_different_keys_lose_nothing(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        await sql_helpers.check_managers_lose_nothing(a, b)
+
+
+async def test_a_partly_matching_multi_row_swap_is_sorted_out_by_the_locked_path(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        statements, paths = await sql_helpers.check_partly_matching_swap(a, b)
+        # RETURNING says which row matched: only the other one goes the locked way.
+        assert statements == collections.Counter(update=2, begin=1, select=1, commit=1)
+        assert paths == collections.Counter(swapped=1, conflicts=1, locked=1)
+
+
+async def test_a_retried_swap_is_not_applied_twice(table: str) -> None:
+    import asyncpg
+
+    async with manager(table) as m:
+        await sql_helpers.check_retried_swap_is_not_applied_twice(
+            m, lambda: asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        )
+
+
+async def test_remembered_records_are_bounded(table: str) -> None:
+    async with manager(table) as m:
+        await sql_helpers.check_remembered_records_are_bounded(m)
 
 
 # ---------------------------------------------------------------- outage and recovery

@@ -1,13 +1,40 @@
 """What the SQL providers (``mysql``, ``postgresql``) share: batching, the record codec, the verbs.
 
 :class:`SQLBatchProvider` holds the logic that does not depend on the
-database: how a drained mailbox becomes few statements (one lookup, one
-release transaction, one delete), how a release applies
-:class:`~gosession_tornado.provider.Changes` to the locked rows, how an id
-moves (``session_regenerate``), the stored record
-``codec.encode({"data": {...}, "lifetime": seconds})`` and the retry loop
-around a pooled connection. A subclass supplies the SQL and the driver: the
-hooks below marked "subclass".
+database: how a drained mailbox becomes few statements, how a release
+applies :class:`~gosession_tornado.provider.Changes`, how an id moves
+(``session_regenerate``), the stored record
+``codec.encode({"data": {...}, "lifetime": seconds})``, the connections the
+actor keeps at hand and the retry loop around them. A subclass supplies the
+SQL and the driver: the hooks below marked "subclass".
+
+How a release is written
+------------------------
+
+The provider remembers (in a bounded LRU owned by the actor,
+:attr:`SQLBatchProvider.known_max_entries` entries) the exact
+``session_data`` each session had when this process last read or wrote it.
+A release of a remembered session is **one compare-and-swap statement**,
+without a transaction: the remembered record, with the request's changes
+applied, is written ``WHERE session_key = … AND session_data = <remembered>
+AND session_expiry > now``. It matches only if nobody changed the row since,
+and the row is still live, so it writes exactly what a locked
+read-modify-write would have written. All such releases of a batch share one
+statement (and a new session's first save is one ``INSERT``).
+
+A release that finds no match (another process wrote the row meanwhile, it
+expired, it was destroyed or moved) or of a session this process does not
+remember goes the safe way: a transaction that locks the rows
+(``SELECT … FOR UPDATE``), applies the changes to what is stored *now* and
+writes back; a missing or expired row is then recreated only for a new
+session (``changes.create``), never resurrected.
+
+A compare-and-swap may be retried after a lost connection, and (mysql) a
+multi-row one only says how many rows matched, not which; so the locked path
+treats a row that already holds exactly the record the attempt wrote as
+written. That is safe because applying changes is idempotent (``set``,
+``delete`` and ``flush`` give the same result applied once or twice): a row
+holding that record is one the changes were already applied to.
 
 What holds (for every subclass):
 
@@ -18,18 +45,20 @@ What holds (for every subclass):
   treated as missing (and logged), never served.
 * An encoded session over ``max_payload`` bytes is refused with a
   :class:`SessionError`; the other sessions of the batch are still written.
+* Connections: the actor keeps up to two pooled connections at hand between
+  batches (no pool round trip per batch); one that failed or was cancelled
+  mid-statement is closed, never reused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import re
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from .. import codec
@@ -59,9 +88,16 @@ SID_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 GC_CHUNK = 5000
 #: A conflicting operation is retried (whole, on a fresh transaction) this many times at most.
 CONFLICT_RETRIES = 3
+#: Connections the actor keeps at hand between batches (reads and releases of one
+#: batch run concurrently: two).
+HOLD_CONNECTIONS = 2
 
 #: A row to write: (session id, encoded record, lifetime in seconds).
 WriteRow = tuple[str, bytes, int]
+#: A compare-and-swap: (session id, new record, lifetime in seconds, the record it replaces).
+SwapRow = tuple[str, bytes, int, bytes]
+#: A looked-up row: session id -> (stored record, its decoded data).
+Found = dict[str, tuple[bytes, SessionData]]
 
 
 def refresh_step(lifetime: int) -> int:
@@ -74,18 +110,20 @@ class _Timed(Protocol):
     def connect_timeout(self) -> float | None: ...
 
 
-@dataclasses.dataclass
 class _Row:
-    """A session row as a release transaction sees it."""
+    """A session row as a locked release transaction sees it."""
 
-    in_table: bool
-    live: bool = False
-    data: dict[Any, Any] = dataclasses.field(default_factory=dict)
-    lifetime: int = 0
-    blob: bytes | None = None
-    touched: bool = False
-    dirty: bool = False
-    members: list[int] = dataclasses.field(default_factory=list)
+    __slots__ = ("blob", "data", "dirty", "in_table", "lifetime", "live", "members", "touched")
+
+    def __init__(self, in_table: bool) -> None:
+        self.in_table = in_table
+        self.live = False
+        self.data: dict[Any, Any] = {}
+        self.lifetime = 0
+        self.blob: bytes | None = None
+        self.touched = False
+        self.dirty = False
+        self.members: list[int] = []
 
 
 class SQLBatchProvider(Provider):
@@ -105,6 +143,12 @@ class SQLBatchProvider(Provider):
     _log: ClassVar[logging.Logger] = logging.getLogger("gosession_tornado.sql")
     #: Driver exceptions :meth:`_run` retries or translates.
     _driver_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
+    #: Sessions whose stored record is remembered for compare-and-swap releases.
+    known_max_entries: ClassVar[int] = 4096
+    #: Bytes of remembered records at most (a larger record goes the locked way).
+    known_max_bytes: ClassVar[int] = 8 * 1024 * 1024
+    #: A record larger than this is not remembered (its releases go the locked way).
+    known_max_record: ClassVar[int] = 64 * 1024
 
     max_payload: int
 
@@ -112,11 +156,24 @@ class SQLBatchProvider(Provider):
         super().__init__()
         #: Statements sent to the server, by first SQL word (``"select"``, ``"update"``, ``"begin"`` …).
         self.statements: collections.Counter[str] = collections.Counter()
+        #: Releases written by one compare-and-swap (``"swapped"``), a first ``INSERT``
+        #: (``"inserted"``) or the locked path (``"locked"``), and swaps that found
+        #: the row changed (``"conflicts"``).
+        self.release_paths: collections.Counter[str] = collections.Counter()
         self._pool: Any = None
         #: ``provider_timeout`` in seconds (after ``session_init``).
         self._timeout = 5.0
         #: Longest session id the key column holds (characters).
         self.max_sid_length = 64
+        #: sid -> the stored record as this process last read or wrote it (LRU order).
+        self._known: dict[str, bytes] = {}
+        self._known_bytes = 0
+        #: Connections at hand between batches: (connection, monotonic time of last use).
+        self._idle: list[tuple[Any, float]] = []
+        #: Calls of ours waiting for the pool (a connection given back then goes to them).
+        self._waiting = 0
+        #: Seconds a connection may stay at hand unused before it goes back to the pool.
+        self._hold_seconds = 60.0
 
     # ------------------------------------------------------------ subclass hooks
 
@@ -128,9 +185,21 @@ class SQLBatchProvider(Provider):
     async def _close_pool(self) -> None:  # pragma: no cover - subclass
         raise NotImplementedError
 
-    def _connection(self) -> Any:  # pragma: no cover - subclass
-        """An async context manager yielding a pooled connection."""
+    async def _acquire(self) -> Any:  # pragma: no cover - subclass
+        """A connection from the pool, ready for use (raises if the pool is not open)."""
         raise NotImplementedError
+
+    async def _release(self, conn: Any) -> None:  # pragma: no cover - subclass
+        """Give a healthy, idle connection back to the pool."""
+        raise NotImplementedError
+
+    async def _discard(self, conn: Any, exc: BaseException | None) -> None:  # pragma: no cover - subclass
+        """Close *conn*, which failed with *exc* (or was cancelled), and give it back to the pool."""
+        raise NotImplementedError
+
+    def _usable(self, conn: Any) -> bool:
+        """False for a connection at hand that is known to be closed."""
+        return True
 
     def _translate(self, exc: BaseException) -> SessionError:  # pragma: no cover - subclass
         raise NotImplementedError
@@ -155,8 +224,29 @@ class SQLBatchProvider(Provider):
 
     async def _lookup_rows(
         self, conn: Any, keys: list[str], refresh: set[str]
-    ) -> dict[str, bytes]:  # pragma: no cover - subclass
-        """Live, decodable rows of *keys* as ``{sid: session_data}``; refreshes the expiry of *refresh*."""
+    ) -> Found:  # pragma: no cover - subclass
+        """Live, decodable rows of *keys* as ``{sid: (session_data, decoded data)}``.
+
+        Refreshes the expiry of the rows of *refresh* that are a refresh step stale.
+        """
+        raise NotImplementedError
+
+    async def _swap_rows(
+        self, conn: Any, rows: list[SwapRow], now: float
+    ) -> set[str] | None:  # pragma: no cover - subclass
+        """Compare-and-swap *rows*, no transaction: write the new record and expiry = now + lifetime
+        where the row is live and holds exactly the old record.
+
+        Returns the sids written, or ``None`` when only some were and the
+        driver cannot tell which.
+        """
+        raise NotImplementedError
+
+    async def _insert_new(
+        self, conn: Any, rows: list[WriteRow], now: float
+    ) -> set[str]:  # pragma: no cover - subclass
+        """Insert rows of new sessions, no transaction; returns the sids inserted
+        (a key already in the table is left alone)."""
         raise NotImplementedError
 
     async def _lock_rows(
@@ -241,32 +331,80 @@ class SQLBatchProvider(Provider):
         return wanted
 
     async def session_close(self) -> None:
+        await self._release_idle()
+        self._known.clear()
+        self._known_bytes = 0
         await self._close_pool()
 
-    # ------------------------------------------------------------ plumbing
+    # ------------------------------------------------------------ connections
+
+    async def _take(self) -> Any:
+        """A connection: the most recently used one at hand, else one from the pool."""
+        idle = self._idle
+        now = time.monotonic()
+        while idle:
+            conn, used = idle.pop()
+            if now - used <= self._hold_seconds and self._usable(conn):
+                return conn
+            await self._release(conn)  # the pool closes or recycles it by its own rules
+        self._waiting += 1
+        try:
+            return await self._acquire()
+        finally:
+            self._waiting -= 1
+
+    async def _give_back(self, conn: Any) -> None:
+        """Keep *conn* at hand for the next batch, or return it to the pool if one of ours waits."""
+        if self._waiting or len(self._idle) >= HOLD_CONNECTIONS:
+            await self._release(conn)
+        else:
+            self._idle.append((conn, time.monotonic()))
+
+    async def _release_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            try:
+                await self._release(conn)
+            except Exception as exc:  # pragma: no cover - a pool that is going away anyway
+                self._log.debug("%s: releasing a connection failed: %s", self.dialect, exc)
 
     async def _run(self, op: Callable[[Any], Awaitable[_T]]) -> _T:
-        """Run *op* on a pooled connection, retrying deadlocks, key races and lost connections.
+        """Run *op* on a connection, retrying deadlocks, key races and lost connections.
 
         *op* must be safe to repeat from the start (each attempt is a fresh
-        transaction, on a fresh connection after a lost one).
+        transaction, on a fresh connection after a lost one). A connection
+        that failed, or whose call was cancelled, is closed and never reused.
         """
         attempt = 0
         while True:
             attempt += 1
+            conn = None
             try:
-                async with self._connection() as conn:
-                    return await op(conn)
+                conn = await self._take()
+                result = await op(conn)
             except self._driver_errors as exc:
+                if conn is not None:
+                    await self._discard(conn, exc)
+                lost = self._is_lost(exc)
+                if lost:  # the others at hand are likely broken the same way
+                    await self._release_idle()
                 if self._is_conflict(exc) and attempt <= CONFLICT_RETRIES:
                     self._log.debug("%s: %s, retrying", self.dialect, self._describe(exc))
                     continue
-                if self._is_lost(exc) and attempt == 1:
+                if lost and attempt == 1:
                     self._log.debug(
                         "%s: connection lost (%s), retrying on a fresh one", self.dialect, self._describe(exc)
                     )
                     continue
                 raise self._translate(exc) from exc
+            except BaseException as exc:  # cancelled (a batch over provider_timeout), or a bug
+                if conn is not None:
+                    await self._discard(conn, exc)
+                raise
+            await self._give_back(conn)
+            return result
+
+    # ------------------------------------------------------------ records
 
     def _storable(self, sid: str) -> bool:
         return len(sid) <= self.max_sid_length and SID_RE.match(sid) is not None
@@ -280,7 +418,7 @@ class SQLBatchProvider(Provider):
     def _decode(self, sid: str, blob: bytes | None) -> tuple[dict[Any, Any], int] | None:
         """``(data, lifetime)`` from a stored row, or ``None`` (logged) if it is not ours/corrupt."""
         try:
-            record = codec.decode(bytes(blob or b""))
+            record = codec.decode(blob or b"")
             data = record["data"]
             lifetime = record.get("lifetime", self.max_lifetime)
             if not isinstance(data, dict) or isinstance(lifetime, bool) or not isinstance(lifetime, int):
@@ -301,10 +439,33 @@ class SQLBatchProvider(Provider):
             )
         return blob
 
+    # ------------------------------------------------------------ remembered records
+
+    def _remember(self, sid: str, blob: bytes) -> None:
+        """Note *blob* as *sid*'s stored record (most recently used); evicts the oldest over the bounds."""
+        known = self._known
+        old = known.pop(sid, None)
+        if old is not None:
+            self._known_bytes -= len(old)
+        if len(blob) > self.known_max_record:
+            return
+        known[sid] = blob
+        self._known_bytes += len(blob)
+        while len(known) > self.known_max_entries or self._known_bytes > self.known_max_bytes:
+            evicted = known.pop(next(iter(known)))
+            self._known_bytes -= len(evicted)
+
+    def _forget(self, sids: Iterable[str]) -> None:
+        known = self._known
+        for sid in sids:
+            old = known.pop(sid, None)
+            if old is not None:
+                self._known_bytes -= len(old)
+
     # ------------------------------------------------------------ batched operations
 
-    async def _lookup(self, sids: Sequence[str], refresh: set[str]) -> dict[str, bytes]:
-        """Live, decodable rows of *sids* as ``{sid: session_data}``, in one SELECT.
+    async def _lookup(self, sids: Sequence[str], refresh: set[str]) -> Found:
+        """Live, decodable rows of *sids* as ``{sid: (session_data, data)}``, in one SELECT.
 
         Rows of sids in *refresh* whose expiry is at least a refresh step
         stale get it moved to now + lifetime, in one UPDATE.
@@ -312,16 +473,118 @@ class SQLBatchProvider(Provider):
         keys = sorted({s for s in sids if self._storable(s)})
         if not keys:
             return {}
-        return await self._run(lambda conn: self._lookup_rows(conn, keys, refresh))
+        found = await self._run(lambda conn: self._lookup_rows(conn, keys, refresh))
+        remember = self._remember
+        for key, (blob, _) in found.items():
+            remember(key, blob)
+        return found
 
     async def _release_many(self, items: Sequence[Release]) -> list[Any]:
-        """Apply every release in one transaction; one outcome (None or exception) per item."""
-        keys = sorted({m.sid for m in items if self._storable(m.sid)})
+        """Apply every release; one outcome (None or exception) per item.
 
-        async def op(conn: Any) -> list[Any]:
-            outcomes: list[Any] = [None if self._storable(m.sid) else self._too_long(m.sid) for m in items]
-            if not keys:
-                return outcomes
+        Remembered sessions: one compare-and-swap statement for all; new
+        sessions: one INSERT; whatever is left (not remembered, or changed
+        meanwhile): one locked transaction.
+        """
+        outcomes: list[Any] = [None] * len(items)
+        groups: dict[str, list[int]] = {}
+        for i, m in enumerate(items):
+            if self._storable(m.sid):
+                groups.setdefault(m.sid, []).append(i)
+            else:
+                outcomes[i] = self._too_long(m.sid)
+        swaps: list[SwapRow] = []
+        inserts: list[WriteRow] = []
+        locked: list[int] = []
+        known = self._known
+        for sid, members in groups.items():
+            old = known.get(sid)
+            data: dict[Any, Any]
+            if old is not None:
+                decoded = self._decode(sid, old)
+                if decoded is None:
+                    locked += members
+                    continue
+                data = decoded[0]
+            elif all(items[i].changes.create for i in members):
+                data = {}
+            else:
+                locked += members
+                continue
+            lifetime = 0
+            for i in members:
+                m = items[i]
+                if not m.changes.empty:
+                    m.changes.apply(data)
+                lifetime = m.expiry
+            try:
+                blob = self._encode(data, lifetime)
+            except (TypeError, SessionError) as exc:
+                for i in members:
+                    outcomes[i] = exc
+                continue
+            if old is not None:
+                swaps.append((sid, blob, lifetime, old))
+            else:
+                inserts.append((sid, blob, lifetime))
+        written: set[str] = set()
+        attempted: dict[str, bytes] = {}
+        if swaps or inserts:
+            for sid, blob, _, _ in swaps:
+                attempted[sid] = blob
+            for sid, blob, _ in inserts:
+                attempted[sid] = blob
+
+            async def fast(conn: Any) -> set[str]:
+                now = time.time()
+                done: set[str] = set()
+                if swaps:
+                    swapped = await self._swap_rows(conn, swaps, now)
+                    if swapped is not None:
+                        done |= swapped
+                if inserts:
+                    done |= await self._insert_new(conn, inserts, now)
+                return done
+
+            written = await self._run(fast)
+            paths = self.release_paths
+            for sid in written:
+                self._remember(sid, attempted[sid])
+            n_swapped = sum(1 for row in swaps if row[0] in written)
+            paths["swapped"] += n_swapped
+            paths["conflicts"] += len(swaps) - n_swapped
+            paths["inserted"] += len(written) - n_swapped
+            for sid, _, _, _ in swaps:
+                if sid not in written:
+                    locked += groups[sid]
+            for sid, _, _ in inserts:
+                if sid not in written:
+                    locked += groups[sid]
+        if locked:
+            locked.sort()
+            self.release_paths["locked"] += len({items[i].sid for i in locked})
+            try:
+                await self._release_locked(items, locked, outcomes, attempted)
+            except Exception as exc:
+                for i in locked:
+                    outcomes[i] = exc
+        return outcomes
+
+    async def _release_locked(
+        self, items: Sequence[Release], indexes: list[int], outcomes: list[Any], attempted: dict[str, bytes]
+    ) -> None:
+        """Apply the releases *indexes* of *items* in one transaction that locks their rows.
+
+        A live row that holds exactly ``attempted[sid]`` already has the
+        changes applied (a compare-and-swap of this batch wrote it): it is left
+        as it is.
+        """
+        keys = sorted({items[i].sid for i in indexes})
+
+        async def op(conn: Any) -> dict[str, bytes | None]:
+            for i in indexes:  # a retry starts over: only this attempt's outcomes count
+                outcomes[i] = None
+            results: dict[str, bytes | None] = {}
             await self._begin(conn)
             now = time.time()
             rows = await self._lock_rows(conn, keys, now)
@@ -329,15 +592,19 @@ class SQLBatchProvider(Provider):
             for key, blob, live in rows:
                 row = state[key] = _Row(in_table=True)
                 if live:
+                    blob = bytes(blob)
                     decoded = self._decode(key, blob)
                     if decoded is not None:
                         row.live = True
                         row.data, row.lifetime = decoded
-                        row.blob = bytes(blob)
-            for i, m in enumerate(items):
-                if outcomes[i] is not None:
-                    continue
+                        row.blob = blob
+            for key, row in state.items():
+                results[key] = row.blob  # what stays stored unless written below
+            for i in indexes:
+                m = items[i]
                 row = state[m.sid]
+                if row.live and row.blob is not None and row.blob == attempted.get(m.sid):
+                    continue  # already applied by this batch's compare-and-swap
                 if not row.live:
                     if not m.changes.create:
                         continue  # destroyed or expired meanwhile: do not resurrect
@@ -362,24 +629,31 @@ class SQLBatchProvider(Provider):
                         outcomes[i] = exc
                     continue
                 (updates if row.in_table else inserts).append((key, blob, row.lifetime))
-            await self._write_rows(conn, updates, inserts, now)
+                results[key] = blob
+            if updates or inserts:
+                await self._write_rows(conn, updates, inserts, now)
             await self._commit(conn)
-            return outcomes
+            return results
 
-        return await self._run(op)
+        results = await self._run(op)
+        for key, blob in results.items():
+            if blob is None:
+                self._forget((key,))
+            else:
+                self._remember(key, blob)
 
     async def _destroy_many(self, sids: Sequence[str]) -> None:
         keys = sorted({s for s in sids if self._storable(s)})
         if not keys:
             return
+        self._forget(keys)
         await self._run(lambda conn: self._delete_rows(conn, keys))
 
     # ------------------------------------------------------------ beego's verbs
 
     async def session_read(self, sid: str) -> SessionData | None:
-        blob = (await self._lookup([sid], {sid})).get(sid)
-        decoded = None if blob is None else self._decode(sid, blob)
-        return None if decoded is None else decoded[0]
+        found = (await self._lookup([sid], {sid})).get(sid)
+        return None if found is None else found[1]
 
     async def session_exist(self, sid: str) -> bool:
         return sid in await self._lookup([sid], set())
@@ -396,6 +670,7 @@ class SQLBatchProvider(Provider):
         if not self._storable(sid):
             raise self._too_long(sid)
         keys = sorted({k for k in (old_sid, sid) if self._storable(k)})
+        self._forget(keys)
 
         async def op(conn: Any) -> SessionData:
             await self._begin(conn)
@@ -443,12 +718,13 @@ class SQLBatchProvider(Provider):
         """Turn a drained mailbox into few statements.
 
         Reads and existence checks share one SELECT (and one expiry UPDATE),
-        releases one transaction, destroys one DELETE; the groups run
-        concurrently on separate pooled connections (messages in one batch are
-        concurrent, so any order is a valid one). Other messages run one by
-        one. Each message gets its own outcome.
+        releases one compare-and-swap UPDATE (plus one INSERT for new
+        sessions, one locked transaction for conflicts), destroys one DELETE;
+        the groups run concurrently on separate connections (messages in one
+        batch are concurrent, so any order is a valid one). Other messages
+        run one by one. Each message gets its own outcome.
         """
-        if self._pool is None or any(isinstance(m, (Init, Close)) for m in messages):
+        if self._pool is None:
             return await super().handle_batch(messages)
         results: list[Any] = [None] * len(messages)
         lookups: list[int] = []
@@ -456,36 +732,55 @@ class SQLBatchProvider(Provider):
         destroys: list[int] = []
         others: list[int] = []
         for i, m in enumerate(messages):
-            if isinstance(m, (Read, Exist)):
+            kind = type(m)
+            if kind is Read or kind is Exist:
                 lookups.append(i)
-            elif isinstance(m, Release):
+            elif kind is Release:
                 releases.append(i)
-            elif isinstance(m, Destroy):
+            elif kind is Destroy:
                 destroys.append(i)
+            elif isinstance(m, (Init, Close)):
+                return await super().handle_batch(messages)
             else:
                 others.append(i)
 
         async def do_lookups() -> None:
-            reads = {m.sid for i in lookups if isinstance(m := messages[i], Read)}
-            sids = [m.sid for i in lookups if isinstance(m := messages[i], (Read, Exist))]
+            reads: set[str] = set()
+            sids: list[str] = []
+            for i in lookups:
+                m = messages[i]
+                assert isinstance(m, (Read, Exist))
+                sids.append(m.sid)
+                if type(m) is Read:
+                    reads.add(m.sid)
             try:
                 found = await self._lookup(sids, reads)
             except Exception as exc:
                 for i in lookups:
                     results[i] = exc
                 return
+            handed: set[str] = set()
             for i in lookups:
                 m = messages[i]
-                if isinstance(m, Exist):
-                    results[i] = m.sid in found
-                elif isinstance(m, Read):
-                    blob = found.get(m.sid)
-                    # Decoded per reader: two reads of one sid never share mutable values.
-                    decoded = None if blob is None else self._decode(m.sid, blob)
-                    results[i] = None if decoded is None else decoded[0]
+                assert isinstance(m, (Read, Exist))
+                row = found.get(m.sid)
+                if type(m) is Exist:
+                    results[i] = row is not None
+                elif row is not None:
+                    # Each reader gets data of its own: two reads of one sid never share values.
+                    if m.sid in handed:
+                        decoded = self._decode(m.sid, row[0])
+                        results[i] = None if decoded is None else decoded[0]
+                    else:
+                        handed.add(m.sid)
+                        results[i] = row[1]
 
         async def do_releases() -> None:
-            items = [m for i in releases if isinstance(m := messages[i], Release)]
+            items: list[Release] = []
+            for i in releases:
+                m = messages[i]
+                assert isinstance(m, Release)
+                items.append(m)
             try:
                 outcomes = await self._release_many(items)
             except Exception as exc:
@@ -494,7 +789,11 @@ class SQLBatchProvider(Provider):
                 results[i] = outcome
 
         async def do_destroys() -> None:
-            sids = [m.sid for i in destroys if isinstance(m := messages[i], Destroy)]
+            sids: list[str] = []
+            for i in destroys:
+                m = messages[i]
+                assert isinstance(m, Destroy)
+                sids.append(m.sid)
             try:
                 await self._destroy_many(sids)
             except Exception as exc:
@@ -517,5 +816,8 @@ class SQLBatchProvider(Provider):
             jobs.append(do_destroys())
         if others:
             jobs.append(do_others())
-        await asyncio.gather(*jobs)
+        if len(jobs) == 1:
+            await jobs[0]  # no Task needed for a batch of one kind
+        else:
+            await asyncio.gather(*jobs)
         return results

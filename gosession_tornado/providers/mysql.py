@@ -22,16 +22,25 @@ What holds:
   ``session_expiry`` is not in the future is never served, GC or not.
 * Reads refresh ``session_expiry``, at most once per ``max(1, lifetime // 60)``
   seconds per session, and never over a concurrent writer's value.
-* A release locks the row (``SELECT … FOR UPDATE`` in a READ COMMITTED
-  transaction), applies the request's :class:`~gosession_tornado.provider.Changes`
-  to what is stored *now* and writes it back, so concurrent requests, in this
-  process or others, lose no keys. A missing or expired row is recreated only
-  for a new session (``changes.create``), never resurrected.
+* A release of a session this process read or wrote last is one
+  compare-and-swap ``UPDATE … WHERE session_key = … AND session_data =
+  <what was read> AND session_expiry > now`` in autocommit (the connections
+  use ``CLIENT.FOUND_ROWS``, so a row rewritten with the same bytes still
+  counts as matched); a new session's first save is one ``INSERT``. A release
+  whose row changed meanwhile (another process), or of a session this
+  process does not remember, locks the row (``SELECT … FOR UPDATE`` in a
+  READ COMMITTED transaction), applies the request's
+  :class:`~gosession_tornado.provider.Changes` to what is stored *now* and
+  writes it back, so concurrent requests, in this process or others, lose no
+  keys. A missing or expired row is recreated only for a new session
+  (``changes.create``), never resurrected.
 * The actor's batches become few statements: all reads and existence checks
   of a batch are one ``SELECT … WHERE session_key IN (…)`` (plus one
-  ``UPDATE`` for the expiry refresh); all releases one transaction; all
-  destroys one ``DELETE … IN (…)``. :attr:`MySQLProvider.statements` counts
-  the statements sent, by verb.
+  ``UPDATE`` for the expiry refresh); all releases one ``UPDATE`` (``CASE``
+  per row) plus, if needed, one ``INSERT`` and one locked transaction; all
+  destroys one ``DELETE … IN (…)``. A read and a release at concurrency 1 are
+  two statements. :attr:`MySQLProvider.statements` counts the statements
+  sent, by verb.
 * A server that is down or unreachable gives
   :class:`~gosession_tornado.errors.ProviderUnavailableError` (connect timeout
   below ``provider_timeout``); broken pooled connections are discarded, so the
@@ -43,7 +52,9 @@ What holds:
 """
 
 # SQL is built with f-strings only from the table name (validated as a plain identifier
-# in dsn.py and backtick-quoted) and from "%s" placeholder lists; every value is a parameter.
+# in dsn.py and backtick-quoted) and from "%s" placeholder lists; every value is a parameter,
+# except in the release statements, which inline session ids (checked against
+# [A-Za-z0-9_-] before they get there), integers and records as hex literals (X'…').
 # ruff: noqa: S608
 
 from __future__ import annotations
@@ -55,8 +66,8 @@ import math
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import aiomysql
 import pymysql
@@ -64,7 +75,7 @@ from pymysql.constants import CLIENT
 
 from ..dsn import MySQLSettings, parse_mysql_config
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
-from ._sql import GC_CHUNK, SQLBatchProvider, WriteRow, refresh_step
+from ._sql import GC_CHUNK, SID_RE, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step
 
 __all__ = ["MySQLProvider", "MEDIUMBLOB_MAX"]
 
@@ -112,6 +123,26 @@ def _expiry_at(now: float, lifetime: int) -> int:
 
 def _placeholders(n: int) -> str:
     return ", ".join(["%s"] * n)
+
+
+def _hex(blob: bytes) -> str:
+    """*blob* as a MySQL hex literal: no escaping, whatever the connection's charset or sql_mode."""
+    return f"X'{blob.hex()}'"
+
+
+def _key(sid: str) -> str:
+    """*sid* as a string literal; only ids of ``[A-Za-z0-9_-]`` ever get here (checked again)."""
+    if SID_RE.match(sid) is None:  # pragma: no cover - callers pass storable ids only
+        raise ValueError("session id with characters outside [A-Za-z0-9_-]")
+    return f"'{sid}'"
+
+
+_R = TypeVar("_R", bound=tuple[Any, ...])
+
+
+def _row_cost(row: tuple[str, bytes, int]) -> int:
+    """Bytes a (key, record, expiry) row adds to a parameterized statement (escaping may double)."""
+    return 2 * len(row[1]) + 3 * len(row[0]) + 64
 
 
 class MySQLProvider(SQLBatchProvider):
@@ -170,11 +201,16 @@ class MySQLProvider(SQLBatchProvider):
                 db=settings.database,
                 charset=settings.charset,
                 autocommit=True,
+                # UPDATE reports the rows it matched, not only those it changed: a
+                # compare-and-swap that rewrites identical bytes still says "1".
+                client_flag=CLIENT.FOUND_ROWS,
                 connect_timeout=self._connect_timeout(settings),
                 ssl=self._ssl_context(settings.tls),
             )
         except (pymysql.err.MySQLError, OSError) as exc:
             raise self._translate(exc) from exc
+        if settings.pool_recycle >= 0:
+            self._hold_seconds = min(60.0, settings.pool_recycle)
         try:
             await self._run(self._setup_table)
             self._check_sid_length(settings.table)
@@ -269,24 +305,37 @@ class MySQLProvider(SQLBatchProvider):
 
     # ------------------------------------------------------------ plumbing
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        """A pooled connection, prepared once; closed instead of reused after any error."""
+    async def _acquire(self) -> Any:
+        """A pooled connection, prepared once (closed again if preparing fails)."""
         pool = self._pool
         if pool is None:
             raise ProviderUnavailableError(
                 "mysql session provider is not open (session_init failed or the manager was closed)"
             )
         conn = await pool.acquire()
-        try:
-            if conn not in self._prepared:
+        if conn not in self._prepared:
+            try:
                 await self._prepare(conn)
-            yield conn
-        except BaseException:
-            conn.close()  # mid-query or mid-transaction: its state is unknown
-            raise
-        finally:
-            await pool.release(conn)
+            except BaseException:
+                conn.close()
+                pool.release(conn)
+                raise
+        return conn
+
+    async def _release(self, conn: Any) -> None:
+        pool = self._pool
+        if pool is None:
+            conn.close()
+        else:
+            pool.release(conn)
+
+    async def _discard(self, conn: Any, exc: BaseException | None) -> None:
+        conn.close()  # mid-query or mid-transaction: its state is unknown
+        await self._release(conn)
+
+    def _usable(self, conn: Any) -> bool:
+        reader = getattr(conn, "_reader", None)
+        return not conn.closed and not (reader is not None and (reader.at_eof() or reader.exception()))
 
     async def _prepare(self, conn: Any) -> None:
         """Per connection: READ COMMITTED (no gap locks) and lock waits shorter than a call.
@@ -361,8 +410,8 @@ class MySQLProvider(SQLBatchProvider):
 
     # ------------------------------------------------------------ statements
 
-    async def _lookup_rows(self, conn: Any, keys: list[str], refresh: set[str]) -> dict[str, bytes]:
-        """Live, decodable rows of *keys* as ``{sid: session_data}`` in one SELECT.
+    async def _lookup_rows(self, conn: Any, keys: list[str], refresh: set[str]) -> Found:
+        """Live, decodable rows of *keys* as ``{sid: (session_data, data)}`` in one SELECT.
 
         Rows of sids in *refresh* get their expiry moved to now + lifetime, in
         one UPDATE that leaves rows alone whose expiry changed meanwhile.
@@ -374,17 +423,19 @@ class MySQLProvider(SQLBatchProvider):
             f"WHERE session_key IN ({_placeholders(len(keys))}) AND session_expiry > %s",
             [*keys, now],
         )
-        found: dict[str, bytes] = {}
+        found: Found = {}
         bumps: list[tuple[str, int, int]] = []
+        decode = self._decode
         for key, blob, expiry in rows:
-            decoded = self._decode(key, blob)
+            decoded = decode(key, blob)
             if decoded is None:
                 continue
-            lifetime = decoded[1]
-            found[key] = bytes(blob)
-            new = _expiry_at(now, lifetime)
-            if key in refresh and new - int(expiry) >= refresh_step(lifetime):
-                bumps.append((key, int(expiry), new))
+            data, lifetime = decoded
+            found[key] = (blob, data)
+            if key in refresh:
+                new = _expiry_at(now, lifetime)
+                if new - int(expiry) >= refresh_step(lifetime):
+                    bumps.append((key, int(expiry), new))
         if bumps:
             await self._refresh(conn, bumps)
         return found
@@ -420,10 +471,62 @@ class MySQLProvider(SQLBatchProvider):
         )
         return [(key, blob, int(expiry) > now) for key, blob, expiry in rows]
 
+    async def _swap_rows(self, conn: Any, rows: list[SwapRow], now: float) -> set[str] | None:
+        """One autocommit UPDATE per packet-sized chunk: new record where the old one still is.
+
+        The server says how many rows matched (``CLIENT.FOUND_ROWS``), not
+        which: a chunk that matched only some returns ``None``.
+        """
+        live_after = math.floor(now)  # expiry (whole seconds) > now  <=>  expiry > floor(now)
+        done: set[str] = set()
+        partial = False
+        for chunk in self._chunks(rows, lambda r: 2 * (len(r[1]) + len(r[3])) + 4 * len(r[0]) + 96):
+            if len(chunk) == 1:
+                key, blob, lifetime, old = chunk[0]
+                sql = (
+                    f"UPDATE {self._table} SET session_data = {_hex(blob)}, "
+                    f"session_expiry = {_expiry_at(now, lifetime)} WHERE session_key = {_key(key)} "
+                    f"AND session_data = {_hex(old)} AND session_expiry > {live_after}"
+                )
+            else:
+                keys = [_key(r[0]) for r in chunk]
+                new = " ".join(f"WHEN {k} THEN {_hex(r[1])}" for k, r in zip(keys, chunk))
+                expiry = " ".join(f"WHEN {k} THEN {_expiry_at(now, r[2])}" for k, r in zip(keys, chunk))
+                olds = " ".join(f"WHEN {k} THEN {_hex(r[3])}" for k, r in zip(keys, chunk))
+                sql = (
+                    f"UPDATE {self._table} SET session_data = CASE session_key {new} END, "
+                    f"session_expiry = CASE session_key {expiry} END "
+                    f"WHERE session_key IN ({', '.join(keys)}) AND session_expiry > {live_after} "
+                    f"AND session_data = CASE session_key {olds} END"
+                )
+            matched, _ = await self._query(conn, sql)
+            if matched == len(chunk):
+                done.update(r[0] for r in chunk)
+            elif matched:
+                partial = True
+        return None if partial else done
+
+    async def _insert_new(self, conn: Any, rows: list[WriteRow], now: float) -> set[str]:
+        """One autocommit multi-row INSERT per chunk; a chunk that hits an existing key inserts nothing."""
+        done: set[str] = set()
+        for chunk in self._chunks(rows, lambda r: 2 * len(r[1]) + 2 * len(r[0]) + 48):
+            values = ", ".join(f"({_key(k)}, {_hex(b)}, {_expiry_at(now, lt)})" for k, b, lt in chunk)
+            try:
+                await self._query(
+                    conn,
+                    f"INSERT INTO {self._table} (session_key, session_data, session_expiry) VALUES {values}",
+                )
+            except pymysql.err.IntegrityError as exc:
+                if _code(exc) != _ER_DUP_ENTRY:
+                    raise
+                continue  # the statement is atomic: none of the chunk went in
+            done.update(k for k, _, _ in chunk)
+        return done
+
     async def _write_rows(
         self, conn: Any, updates: list[WriteRow], inserts: list[WriteRow], now: float
     ) -> None:
-        for chunk in self._chunks([(k, b, _expiry_at(now, lt)) for k, b, lt in updates]):
+        for chunk in self._chunks([(k, b, _expiry_at(now, lt)) for k, b, lt in updates], _row_cost):
             when = " ".join(["WHEN %s THEN %s"] * len(chunk))
             args: list[Any] = []
             for key, blob, _ in chunk:
@@ -438,7 +541,7 @@ class MySQLProvider(SQLBatchProvider):
                 f"WHERE session_key IN ({_placeholders(len(chunk))})",
                 args,
             )
-        for chunk in self._chunks([(k, b, _expiry_at(now, lt)) for k, b, lt in inserts]):
+        for chunk in self._chunks([(k, b, _expiry_at(now, lt)) for k, b, lt in inserts], _row_cost):
             await self._query(
                 conn,
                 f"INSERT INTO {self._table} (session_key, session_data, session_expiry) VALUES "
@@ -446,18 +549,18 @@ class MySQLProvider(SQLBatchProvider):
                 [v for row3 in chunk for v in row3],
             )
 
-    def _chunks(self, rows: list[tuple[str, bytes, int]]) -> list[list[tuple[str, bytes, int]]]:
+    def _chunks(self, rows: list[_R], cost: Callable[[_R], int]) -> list[list[_R]]:
         """Split rows so that no statement exceeds the packet budget (a large row goes alone)."""
-        chunks: list[list[tuple[str, bytes, int]]] = []
-        current: list[tuple[str, bytes, int]] = []
+        chunks: list[list[_R]] = []
+        current: list[_R] = []
         size = 0
         for row in rows:
-            cost = 2 * len(row[1]) + 3 * len(row[0]) + 64
-            if current and size + cost > self._max_statement:
+            c = cost(row)
+            if current and size + c > self._max_statement:
                 chunks.append(current)
                 current, size = [], 0
             current.append(row)
-            size += cost
+            size += c
         if current:
             chunks.append(current)
         return chunks

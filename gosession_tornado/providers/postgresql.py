@@ -28,16 +28,24 @@ What holds:
 * Reads refresh ``session_expiry``, at most once per ``max(1, lifetime // 60)``
   seconds per session; rows a writer holds locked are skipped
   (``FOR UPDATE SKIP LOCKED``): the writer sets a fresh expiry anyway.
-* A release locks the row (``SELECT … FOR UPDATE`` in a transaction), applies
-  the request's :class:`~gosession_tornado.provider.Changes` to what is stored
-  *now* and writes it back, so concurrent requests, in this process or
-  others, lose no keys. A missing or expired row is recreated only for a new
-  session (``changes.create``), never resurrected.
+* A release of a session this process read or wrote last is one
+  compare-and-swap ``UPDATE … WHERE session_key = … AND session_data =
+  <what was read> AND session_expiry > now() RETURNING session_key``, no
+  transaction; a new session's first save is one ``INSERT … ON CONFLICT DO
+  NOTHING``. A release whose row changed meanwhile (another process), or of a
+  session this process does not remember, locks the row (``SELECT … FOR
+  UPDATE`` in a transaction), applies the request's
+  :class:`~gosession_tornado.provider.Changes` to what is stored *now* and
+  writes it back, so concurrent requests, in this process or others, lose no
+  keys. A missing or expired row is recreated only for a new session
+  (``changes.create``), never resurrected.
 * The actor's batches become few statements: all reads and existence checks
   of a batch are one ``SELECT … WHERE session_key = ANY($1)`` (plus one
-  ``UPDATE`` for the expiry refresh); all releases one transaction; all
-  destroys one ``DELETE … = ANY($1)``. :attr:`PostgreSQLProvider.statements`
-  counts the statements sent, by verb.
+  ``UPDATE`` for the expiry refresh); all releases one ``UPDATE … FROM
+  unnest(…)`` plus, if needed, one ``INSERT`` and one locked transaction; all
+  destroys one ``DELETE … = ANY($1)``. A read and a release at concurrency 1
+  are two statements (prepared once per connection by asyncpg).
+  :attr:`PostgreSQLProvider.statements` counts the statements sent, by verb.
 * A server that is down or unreachable gives
   :class:`~gosession_tornado.errors.ProviderUnavailableError` (connect
   timeout below ``provider_timeout``); broken pooled connections are
@@ -51,18 +59,17 @@ What holds:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import zlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import asyncpg
 
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
 from ..pg_dsn import PostgreSQLSettings, parse_postgresql_config
-from ._sql import GC_CHUNK, SQLBatchProvider, WriteRow, refresh_step
+from ._sql import GC_CHUNK, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step
 
 __all__ = ["PostgreSQLProvider", "MAX_PAYLOAD"]
 
@@ -89,6 +96,8 @@ _CONFIG_STATES = frozenset({"3D000", "42501", "42704", "22023", "55P02", "3F000"
 #: The server cannot serve now (beyond the 08 class: connection exceptions).
 _BUSY_CLASSES = ("08", "53", "57", "58")
 _BUSY_STATES = frozenset({_LOCK_NOT_AVAILABLE, _DEADLOCK, _SERIALIZATION})
+
+_R = TypeVar("_R", bound=tuple[Any, ...])
 
 
 def _state(exc: BaseException) -> str:
@@ -173,6 +182,8 @@ class PostgreSQLProvider(SQLBatchProvider):
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise self._translate(exc) from exc
+        if settings.max_inactive_lifetime > 0:
+            self._hold_seconds = min(60.0, settings.max_inactive_lifetime)
         try:
             await self._run(self._setup_table)
             self._check_sid_length(settings.table)
@@ -247,19 +258,25 @@ class PostgreSQLProvider(SQLBatchProvider):
 
     # ------------------------------------------------------------ plumbing
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
-        """A pooled connection; terminated instead of reused after any error but a plain SQL one."""
+    async def _acquire(self) -> Any:
         pool = self._pool
         if pool is None:
             raise ProviderUnavailableError(
                 "postgresql session provider is not open (session_init failed or the manager was closed)"
             )
-        conn = await pool.acquire(timeout=self._timeout)
+        return await pool.acquire(timeout=self._timeout)
+
+    async def _release(self, conn: Any) -> None:
+        pool = self._pool
+        if pool is None:
+            conn.terminate()
+        else:
+            await pool.release(conn)
+
+    async def _discard(self, conn: Any, exc: BaseException | None) -> None:
+        """Terminate *conn* after any error but a plain SQL one (then it is rolled back and kept)."""
+        state = _state(exc) if exc is not None else ""
         try:
-            yield conn
-        except BaseException as exc:
-            state = _state(exc)
             if not isinstance(exc, asyncpg.PostgresError) or state[:2] in ("08", "57"):
                 conn.terminate()  # mid-query, cancelled or lost: its state is unknown
             elif conn.is_in_transaction():
@@ -268,9 +285,11 @@ class PostgreSQLProvider(SQLBatchProvider):
                 except BaseException:
                     conn.terminate()
                     raise
-            raise
         finally:
-            await pool.release(conn)
+            await self._release(conn)
+
+    def _usable(self, conn: Any) -> bool:
+        return not conn.is_closed()
 
     async def _fetch(self, conn: Any, sql: str, *args: Any) -> list[Any]:
         self.statements[sql.split(None, 1)[0].lower()] += 1
@@ -327,8 +346,8 @@ class PostgreSQLProvider(SQLBatchProvider):
 
     # ------------------------------------------------------------ statements
 
-    async def _lookup_rows(self, conn: Any, keys: list[str], refresh: set[str]) -> dict[str, bytes]:
-        """Live, decodable rows of *keys* as ``{sid: session_data}`` in one SELECT.
+    async def _lookup_rows(self, conn: Any, keys: list[str], refresh: set[str]) -> Found:
+        """Live, decodable rows of *keys* as ``{sid: (session_data, data)}`` in one SELECT.
 
         Rows of sids in *refresh* whose expiry is at least a refresh step
         stale get it moved to now + lifetime in one UPDATE.
@@ -340,15 +359,16 @@ class PostgreSQLProvider(SQLBatchProvider):
             f"WHERE session_key = ANY($1::{self._key}[]) AND session_expiry > now()",
             keys,
         )
-        found: dict[str, bytes] = {}
+        found: Found = {}
         bumps: list[tuple[str, int]] = []
+        decode = self._decode
         for key, blob, remaining in rows:
-            decoded = self._decode(key, blob)
+            decoded = decode(key, blob)
             if decoded is None:
                 continue
-            found[key] = bytes(blob)
-            lifetime = decoded[1]
-            if key in refresh and lifetime - float(remaining) >= refresh_step(lifetime):
+            data, lifetime = decoded
+            found[key] = (blob, data)
+            if key in refresh and lifetime - remaining >= refresh_step(lifetime):
                 bumps.append((key, lifetime))
         if bumps:
             await self._refresh(conn, bumps)
@@ -387,10 +407,65 @@ class PostgreSQLProvider(SQLBatchProvider):
         )
         return [(key, blob, bool(live)) for key, blob, live in rows]
 
+    async def _swap_rows(self, conn: Any, rows: list[SwapRow], now: float) -> set[str] | None:
+        """Compare-and-swap, no transaction: the new record where the old one still is, live.
+
+        One row: a plain ``UPDATE``; more: one ``UPDATE … FROM unnest(…)
+        RETURNING session_key`` per ~64 MiB, which says exactly which matched.
+        """
+        if len(rows) == 1:
+            key, blob, lifetime, old = rows[0]
+            status = await self._execute(
+                conn,
+                f"UPDATE {self._table} SET session_data = $2, "
+                "session_expiry = now() + make_interval(secs => $3::int4) "
+                "WHERE session_key = $1 AND session_data = $4 AND session_expiry > now()",
+                key, blob, lifetime, old,
+            )
+            return {key} if _count(status) == 1 else set()
+        done: set[str] = set()
+        for chunk in _chunks(rows, lambda r: len(r[1]) + len(r[3]) + len(r[0]) + 24):
+            returned = await self._fetch(
+                conn,
+                f"UPDATE {self._table} AS t SET session_data = v.data, "
+                "session_expiry = now() + make_interval(secs => v.lifetime) "
+                f"FROM unnest($1::{self._key}[], $2::bytea[], $3::int4[], $4::bytea[]) "
+                "AS v(key, data, lifetime, old) "
+                "WHERE t.session_key = v.key AND t.session_data = v.old AND t.session_expiry > now() "
+                "RETURNING t.session_key::text",
+                [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk],
+            )
+            done.update(r[0] for r in returned)
+        return done
+
+    async def _insert_new(self, conn: Any, rows: list[WriteRow], now: float) -> set[str]:
+        """``INSERT … ON CONFLICT DO NOTHING``, no transaction; the sids that went in."""
+        if len(rows) == 1:
+            key, blob, lifetime = rows[0]
+            status = await self._execute(
+                conn,
+                f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
+                "VALUES ($1, $2, now() + make_interval(secs => $3::int4)) ON CONFLICT DO NOTHING",
+                key, blob, lifetime,
+            )
+            return {key} if _count(status) == 1 else set()
+        done: set[str] = set()
+        for chunk in _chunks(rows, lambda r: len(r[1]) + len(r[0]) + 16):
+            returned = await self._fetch(
+                conn,
+                f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
+                "SELECT v.key, v.data, now() + make_interval(secs => v.lifetime) "
+                f"FROM unnest($1::{self._key}[], $2::bytea[], $3::int4[]) AS v(key, data, lifetime) "
+                "ON CONFLICT DO NOTHING RETURNING session_key::text",
+                *_columns_of(chunk),
+            )
+            done.update(r[0] for r in returned)
+        return done
+
     async def _write_rows(
         self, conn: Any, updates: list[WriteRow], inserts: list[WriteRow], now: float
     ) -> None:
-        for chunk in _chunks(updates):
+        for chunk in _chunks(updates, _row_cost):
             await self._execute(
                 conn,
                 f"UPDATE {self._table} AS t SET session_data = v.data, "
@@ -399,7 +474,7 @@ class PostgreSQLProvider(SQLBatchProvider):
                 "WHERE t.session_key = v.key",
                 *_columns_of(chunk),
             )
-        for chunk in _chunks(inserts):
+        for chunk in _chunks(inserts, _row_cost):
             await self._execute(
                 conn,
                 f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
@@ -449,7 +524,7 @@ class PostgreSQLProvider(SQLBatchProvider):
 
 
 async def _no_reset(conn: Any) -> None:
-    """Pool reset hook: nothing to undo (see :meth:`PostgreSQLProvider._connection`)."""
+    """Pool reset hook: nothing to undo (see :meth:`PostgreSQLProvider._discard`)."""
 
 
 def _columns_of(rows: list[tuple[str, bytes, int]]) -> tuple[list[str], list[bytes], list[int]]:
@@ -457,18 +532,22 @@ def _columns_of(rows: list[tuple[str, bytes, int]]) -> tuple[list[str], list[byt
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
 
-def _chunks(rows: list[tuple[str, bytes, int]]) -> list[list[tuple[str, bytes, int]]]:
+def _row_cost(row: tuple[str, bytes, int]) -> int:
+    return len(row[1]) + len(row[0]) + 16
+
+
+def _chunks(rows: list[_R], cost: Callable[[_R], int]) -> list[list[_R]]:
     """Split rows so that no statement carries more than ~64 MiB (a large row goes alone)."""
-    chunks: list[list[tuple[str, bytes, int]]] = []
-    current: list[tuple[str, bytes, int]] = []
+    chunks: list[list[_R]] = []
+    current: list[_R] = []
     size = 0
     for row in rows:
-        cost = len(row[1]) + len(row[0]) + 16
-        if current and size + cost > _STATEMENT_BUDGET:
+        c = cost(row)
+        if current and size + c > _STATEMENT_BUDGET:
             chunks.append(current)
             current, size = [], 0
         current.append(row)
-        size += cost
+        size += c
     if current:
         chunks.append(current)
     return chunks
