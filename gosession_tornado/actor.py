@@ -47,16 +47,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import math
 from typing import Any
 
+from ._log import get_logger
 from .errors import ProviderClosedError, ProviderUnavailableError
 from .provider import Close, Init, Message, Provider
 
 __all__ = ["ActorRef", "Envelope", "KindStats"]
 
-log = logging.getLogger("gosession_tornado.actor")
+log = get_logger("gosession_tornado.actor")
 
 #: Messages handed to one ``handle_batch`` call at most.
 DEFAULT_MAX_BATCH = 256

@@ -85,6 +85,10 @@ class ManagerConfig:
     provider_timeout: float = 5.0
     #: Prefix of keys in shared stores (redis family).
     key_prefix: str = "gosession:"
+    #: beego's behaviour: store every new session and send its cookie at once, even
+    #: when the request changes nothing. Default False: a new session is stored, and
+    #: gets its cookie, only when a request modifies it.
+    eager_new_sessions: bool = False
 
     @property
     def header_name(self) -> str:
@@ -125,6 +129,7 @@ _FIELD_TYPES: dict[str, str] = {
     "enable_sid_in_url_query": _BOOL,
     "provider_timeout": _NUM,
     "key_prefix": _STR,
+    "eager_new_sessions": _BOOL,
 }
 
 

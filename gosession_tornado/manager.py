@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import logging
 import re
 import secrets
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tornado.ioloop import PeriodicCallback
 
+from ._log import get_logger
 from .actor import ActorRef
 from .config import ManagerConfig, build_config
 from .errors import ProviderClosedError, SessionError
@@ -80,7 +80,7 @@ def _then(fut: asyncio.Future[_T], step: Callable[[_T], None]) -> asyncio.Future
     fut.add_done_callback(done)
     return out
 
-log = logging.getLogger("gosession_tornado")
+log = get_logger("gosession_tornado")
 
 _STATE_ATTR = "_gosession_state"
 
@@ -88,7 +88,7 @@ _STATE_ATTR = "_gosession_state"
 class _RequestState:
     """Per-request bookkeeping kept on the handler."""
 
-    __slots__ = ("cookie_issued", "cookies", "cookies_done", "sessions")
+    __slots__ = ("cookie_issued", "cookies", "cookies_done", "sessions", "vary")
 
     def __init__(self) -> None:
         #: cookie name -> full Set-Cookie header value, applied before headers go out
@@ -99,6 +99,9 @@ class _RequestState:
         self.cookie_issued: set[int] = set()
         #: cookie name -> the header value already put into the headers (or reported lost)
         self.cookies_done: dict[str, str] = {}
+        #: header names the response varies on because a session cookie or header was
+        #: written for it (sessions the request read add theirs at the end)
+        self.vary: set[str] = set()
 
 
 def request_state(handler: Any) -> _RequestState:
@@ -419,12 +422,20 @@ class SessionManager:
         ):
             handler.set_header(self.config.header_name, session.session_id)
         state.cookie_issued.add(id(session))
+        state.vary.update(self._vary_names())
+
+    def _vary_names(self) -> tuple[str, ...]:
+        """Request headers a response that used this manager's session depends on."""
+        if self.config.enable_sid_in_http_header and not self._client_side:
+            return ("Cookie", self.config.header_name)
+        return ("Cookie",)
 
     def _expire(self, handler: RequestHandler | None, session: Session | None = None) -> None:
         if handler is None or not self._writes_cookie:
             return
         state = request_state(handler)
         state.cookies[self.config.cookie_name] = self._expire_header(session)
+        state.vary.update(self._vary_names())
         apply_cookies(handler)
 
     # ------------------------------------------------------------ sessions
@@ -472,8 +483,10 @@ class SessionManager:
                 if self.config.enable_sid_in_http_header and not handler._headers_written:
                     handler.set_header(self.config.header_name, raw)
         if session is None:
-            session = Session(self, self.new_sid(), None, is_new=True)
-            if not self._client_side:
+            # Stored, and given its cookie, only when a request modifies it (or eagerly, as beego).
+            eager = self.config.eager_new_sessions
+            session = Session(self, self.new_sid(), None, is_new=True, save_if_unmodified=eager)
+            if eager and not self._client_side:
                 self._issue(handler, session)
         state.sessions[id(self)] = session
         return session
@@ -571,10 +584,19 @@ class SessionManager:
         await self._destroy_session(session, handler)
 
     async def _destroy_session(self, session: Session, handler: RequestHandler | None) -> None:
-        if not self._client_side and not session.is_new:  # a new session was never stored
+        stored = not session.is_new
+        if not self._client_side and stored:  # a new session was never stored
             await self._ask(Destroy(session.session_id))
         session._mark_destroyed()
-        self._expire(handler, session)
+        # Expire the browser's cookie if it may hold one: a stored session's, an eager
+        # new one's, or whatever (unknown, malformed) cookie of ours the request carried.
+        if handler is not None and (
+            stored
+            or self.config.eager_new_sessions
+            or id(session) in request_state(handler).cookie_issued
+            or self._raw_from_request(handler) is not None
+        ):
+            self._expire(handler, session)
         if (
             handler is not None
             and self.config.enable_sid_in_http_header
@@ -594,13 +616,16 @@ class SessionManager:
             session = await self.session_start(handler)
         old = session.session_id
         new = self.new_sid()
-        if not self._client_side and not session.is_new:
+        stored = not session.is_new
+        if not self._client_side and stored:  # a never-saved session has nothing to move
             await self._ask(Regenerate(old, new))
         session._rebind(new)
         if self._client_side:
-            session._save_if_unmodified = True  # the cookie must be re-issued
-        else:
-            self._issue(handler, session)
+            if stored:
+                session._save_if_unmodified = True  # the cookie must be re-issued
+        elif stored or id(session) in request_state(handler).cookie_issued:
+            self._issue(handler, session)  # the old id is dead: the browser needs the new one
+        request_state(handler).vary.update(self._vary_names())
         return session
 
     # ------------------------------------------------------------ admin

@@ -77,6 +77,7 @@ class Session(MutableMapping[Any, Any]):
     """
 
     __slots__ = (
+        "_accessed",
         "_cookie_changed",
         "_cookie_options",
         "_data",
@@ -105,6 +106,8 @@ class Session(MutableMapping[Any, Any]):
     ) -> None:
         self._manager = manager
         self._sid = sid
+        #: Read or written by the request (the response then depends on it: ``Vary``).
+        self._accessed = False
         self._data: dict[Any, Any] = dict(data) if data else {}
         #: key -> (encoded key, encoded value) of every key set in this request:
         #: the bytes made at set() time, reused by the release.
@@ -169,6 +172,11 @@ class Session(MutableMapping[Any, Any]):
         )
 
     @property
+    def accessed(self) -> bool:
+        """True once this request read or wrote the session (its response then carries ``Vary``)."""
+        return self._accessed
+
+    @property
     def expiry(self) -> int | None:
         """This session's lifetime in seconds set by :meth:`set_expiry`, else ``None``."""
         return self._expiry
@@ -181,23 +189,28 @@ class Session(MutableMapping[Any, Any]):
     # ------------------------------------------------------------ mapping
 
     def __getitem__(self, key: Any) -> Any:
+        self._accessed = True
         return self._data[key]
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.set(key, value)
 
     def __delitem__(self, key: Any) -> None:
+        self._accessed = True
         if key not in self._data:
             raise KeyError(key)
         self.delete(key)
 
     def __contains__(self, key: object) -> bool:
+        self._accessed = True
         return key in self._data
 
     def __iter__(self) -> Iterator[Any]:
+        self._accessed = True
         return iter(list(self._data))
 
     def __len__(self) -> int:
+        self._accessed = True
         return len(self._data)
 
     def __repr__(self) -> str:
@@ -208,6 +221,7 @@ class Session(MutableMapping[Any, Any]):
 
     def get(self, key: Any, default: Any = None) -> Any:
         """Value of *key*, or *default* (beego's ``Get``)."""
+        self._accessed = True
         return self._data.get(key, default)
 
     def set(self, key: Any, value: Any) -> None:
@@ -222,6 +236,7 @@ class Session(MutableMapping[Any, Any]):
         """
         if key == META_KEY:
             raise KeyError(f"session key {META_KEY!r} is reserved by gosession-tornado")
+        self._accessed = True
         self._set[key] = codec.encode_item(key, value)
         self._data[key] = value
         if self._deleted:
@@ -229,6 +244,7 @@ class Session(MutableMapping[Any, Any]):
 
     def delete(self, key: Any) -> None:
         """Remove *key*; a missing key is not an error (beego's ``Delete``)."""
+        self._accessed = True
         if key == META_KEY:
             return  # reserved, never visible: nothing to delete
         self._data.pop(key, None)
@@ -237,6 +253,7 @@ class Session(MutableMapping[Any, Any]):
 
     def flush(self) -> None:
         """Remove every key (beego's ``Flush``); the stored record is cleared at release."""
+        self._accessed = True
         self._data.clear()
         self._set.clear()
         self._deleted.clear()
@@ -253,6 +270,7 @@ class Session(MutableMapping[Any, Any]):
 
     def to_dict(self) -> dict[Any, Any]:
         """A shallow copy of the data."""
+        self._accessed = True
         return dict(self._data)
 
     # ------------------------------------------------------------ beego names
@@ -266,7 +284,6 @@ class Session(MutableMapping[Any, Any]):
 
     def add_flash(self, value: Any, key: str = FLASH_KEY) -> None:
         """Queue a flash message under *key*; it lasts until :meth:`flashes` reads it."""
-        codec.check_serializable(key, value)
         current = self._data.get(key)
         queue = list(current) if isinstance(current, list) else []
         queue.append(value)
@@ -274,6 +291,7 @@ class Session(MutableMapping[Any, Any]):
 
     def flashes(self, key: str = FLASH_KEY) -> list[Any]:
         """Return and remove the flash messages under *key* (read once)."""
+        self._accessed = True
         current = self._data.get(key, _MISSING)
         if current is _MISSING:
             return []
@@ -301,6 +319,7 @@ class Session(MutableMapping[Any, Any]):
             )
         self._expiry = seconds
         self._expiry_changed = True
+        self._accessed = True
 
     # ------------------------------------------------------------ cookie options
 
@@ -340,6 +359,7 @@ class Session(MutableMapping[Any, Any]):
             return
         self._cookie_options.update(checked)
         self._cookie_changed = True
+        self._accessed = True
 
     # ------------------------------------------------------------ release
 

@@ -32,19 +32,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tornado.web import HTTPError, RequestHandler
 
+from ._log import get_logger, redact
 from .errors import ConfigError, CookieTooLargeError, ProviderUnavailableError, SessionError
 from .manager import _STATE_ATTR, SessionManager, _RequestState, apply_cookies, request_state
 from .session import Session
 
 __all__ = ["SessionMixin", "managers_for", "DEFAULT_NAMES"]
 
-log = logging.getLogger("gosession_tornado")
+log = get_logger("gosession_tornado")
 
 #: Names ``self.session`` looks for in ``session_managers``, in order.
 DEFAULT_NAMES = ("main", "default", "session")
@@ -111,6 +111,22 @@ class SessionMixin(_Base):
     :attr:`session_autoload` to False to skip loading in ``prepare()``
     (``self.session`` then loads nothing; use ``await self.get_session()``).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a handler class whose bases put ``RequestHandler`` before the mixin.
+
+        In ``class H(RequestHandler, SessionMixin)`` Tornado's own ``prepare()``,
+        ``flush()`` and ``finish()`` come first in the MRO and hide the mixin's,
+        so no session would ever be loaded or saved.
+        """
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if RequestHandler in mro and mro.index(RequestHandler) < mro.index(SessionMixin):
+            raise TypeError(
+                f"{cls.__qualname__}: put SessionMixin before RequestHandler in the bases, e.g. "
+                f"class {cls.__name__}(SessionMixin, tornado.web.RequestHandler): with RequestHandler "
+                "first its prepare() and finish() hide the mixin's and no session is loaded or saved"
+            )
 
     #: Which manager of ``session_managers`` backs ``self.session``; ``None`` = the main one.
     session_manager_name: ClassVar[str | None] = None
@@ -219,11 +235,59 @@ class SessionMixin(_Base):
 
     def _unavailable(self, exc: BaseException) -> HTTPError:
         log.warning("session store unavailable for %s %s: %s", self.request.method, self.request.uri, exc)
+        # The client sees Tornado's error page for "503: Session Store Unavailable" only;
+        # log_message (the details) goes to Tornado's log, and into the page only with
+        # serve_traceback, as for any other HTTPError.
         return HTTPError(
-            503, log_message=f"session store unavailable: {exc}", reason="Session Store Unavailable"
+            503, "session store unavailable: %s", redact(str(exc)), reason="Session Store Unavailable"
         )
 
     # ------------------------------------------------------------ saving
+
+    def _gs_drop_unsaved(self, state: _RequestState) -> None:
+        """A 5xx response: release nothing, and take back the cookie of a never-saved session.
+
+        What already happened in the store stays done and keeps its cookie: a
+        regenerated id (the old one is dead) and a destroy's expired cookie.
+        """
+        for session in state.sessions.values():
+            manager = session.manager
+            if manager is None or not session.is_new or session.destroyed:
+                continue
+            name = manager.config.cookie_name
+            if id(session) in state.cookie_issued and name in state.cookies:
+                del state.cookies[name]
+                if not self._headers_written:
+                    kept = [h for h in self._headers.get_list("Set-Cookie") if not h.startswith(f"{name}=")]
+                    self.clear_header("Set-Cookie")
+                    for value in kept:
+                        self.add_header("Set-Cookie", value)
+                    if manager.config.enable_sid_in_http_header:
+                        self.clear_header(manager.config.header_name)
+        apply_cookies(self)
+
+    def _gs_apply_vary(self) -> None:
+        """Add ``Vary: Cookie`` (and the sid header's name) if the response used a session.
+
+        Merged into an existing ``Vary``; nothing for a request that never read
+        or wrote a session.
+        """
+        state: _RequestState | None = getattr(self, _STATE_ATTR, None)
+        if state is None or self._headers_written:
+            return
+        names = set(state.vary)
+        for session in state.sessions.values():
+            if session.accessed and session.manager is not None:
+                names.update(session.manager._vary_names())
+        if not names:
+            return
+        tokens = [t.strip() for h in self._headers.get_list("Vary") for t in h.split(",") if t.strip()]
+        have = {t.lower() for t in tokens}
+        if "*" in have:
+            return
+        missing = [n for n in sorted(names) if n.lower() not in have]
+        if missing:
+            self.set_header("Vary", ", ".join(tokens + missing))
 
     def _gs_unsaved(self) -> list[Session]:
         if self._gs_failed:
@@ -284,6 +348,7 @@ class SessionMixin(_Base):
             self._gs_fail(500, "Session Error", "the session could not be saved", exc)
 
     def _gs_fail(self, status: int, reason: str, message: str, exc: BaseException) -> None:
+        """Replace the response with a one-line error; the details go to the log only."""
         log.error("could not save session for %s %s: %s", self.request.method, self.request.uri, exc)
         if self._headers_written:
             return
@@ -294,7 +359,10 @@ class SessionMixin(_Base):
         self.set_header("Content-Type", "text/plain; charset=UTF-8")
         if status == 503:
             self.set_header("Retry-After", "1")
-        self._write_buffer = [f"{status} {reason}: {message}\n".encode()]
+        body = f"{status} {reason}\n"
+        if self.settings.get("serve_traceback"):  # debug mode shows details, as Tornado does
+            body = f"{status} {reason}: {redact(message)}\n"
+        self._write_buffer = [body.encode()]
 
     def write(self, chunk: str | bytes | dict[str, Any]) -> None:
         """As :meth:`RequestHandler.write`; dropped once a failed save replaced the response."""
@@ -304,12 +372,17 @@ class SessionMixin(_Base):
 
     def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
         """Save the touched sessions (and write their cookies) before the first flush."""
-        if self._gs_saved or self._headers_written or not self._gs_unsaved():
+        if self._gs_saved or self._headers_written:
+            return super().flush(include_footers)
+        if not self._gs_unsaved():
+            self._gs_apply_vary()
             return super().flush(include_footers)
 
         async def step() -> None:
             if not self._headers_written:
                 await self._gs_save()
+                if not self._gs_failed:
+                    self._gs_apply_vary()
             await super(SessionMixin, self).flush(include_footers)
 
         return self._gs_chain(step)
@@ -328,7 +401,9 @@ class SessionMixin(_Base):
         state: _RequestState | None = getattr(self, _STATE_ATTR, None)
         pending: list[asyncio.Future[None]] = []
         error: BaseException | None = None
-        if state is not None and not self._gs_failed:
+        if state is not None and not self._gs_failed and self._status_code >= 500:
+            self._gs_drop_unsaved(state)  # a failed request saves nothing
+        elif state is not None and not self._gs_failed:
             for session in state.sessions.values():
                 manager = session.manager
                 if manager is None:
@@ -342,7 +417,9 @@ class SessionMixin(_Base):
                     pending.append(fut)
         self._gs_saved = True  # flush() from Tornado's finish() need not look again
         if not pending and error is None:
-            apply_cookies(self)
+            if state is not None:
+                apply_cookies(self)
+                self._gs_apply_vary()
             return super().finish(chunk)
         result: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._gs_finish_future = result
@@ -379,6 +456,7 @@ class SessionMixin(_Base):
             self._gs_save_failed(error)
         else:
             apply_cookies(self)
+            self._gs_apply_vary()
         sent = self._gs_tornado_finish(chunk)
         if sent is None:
             if not result.done():
@@ -423,7 +501,12 @@ class SessionMixin(_Base):
         """finish() after a flush() that saves: runs in order behind it (one Task)."""
 
         async def step() -> None:
-            await self._gs_save()
+            if self._status_code >= 500:
+                state: _RequestState | None = getattr(self, _STATE_ATTR, None)
+                if state is not None:
+                    self._gs_drop_unsaved(state)
+            elif await self._gs_save():
+                self._gs_apply_vary()
             sent = self._gs_tornado_finish(chunk)
             if sent is not None:
                 try:

@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "enable_sid_in_url_query": False,
     "provider_timeout": 5.0,
     "key_prefix": "gosession:",
+    "eager_new_sessions": False,
 }
 
 #: (snake_case key, beego spelling, a valid non-default value)
@@ -66,6 +67,7 @@ KEYS: list[tuple[str, str, Any]] = [
     ("enable_sid_in_url_query", "EnableSidInURLQuery", True),
     ("provider_timeout", "providerTimeout", 0.5),
     ("key_prefix", "keyPrefix", "app:"),
+    ("eager_new_sessions", "eagerNewSessions", True),
 ]
 
 
@@ -340,7 +342,7 @@ def test_second_positional_of_wrong_type() -> None:
 # ---------------------------------------------------------------- types
 
 _BOOL_KEYS = ["enable_set_cookie", "secure", "http_only", "partitioned",
-              "enable_sid_in_http_header", "enable_sid_in_url_query"]
+              "enable_sid_in_http_header", "enable_sid_in_url_query", "eager_new_sessions"]
 _INT_KEYS = ["gc_lifetime", "max_lifetime", "cookie_lifetime", "session_id_length"]
 _STR_KEYS = ["provider", "cookie_name", "domain", "path", "session_id_prefix",
              "session_name_in_http_header", "key_prefix"]

@@ -357,3 +357,183 @@ async def test_http_read_after_write_back_to_back(manager_factory: ManagerFactor
         resp = await client.fetch("/")
         assert tornado.escape.json_decode(resp.body)["n"] == expected
 
+
+
+# ---------------------------------------------------------------- the request lifecycle (issue 9)
+
+
+class Peek(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.write({"x": self.session.get("x"), "new": self.session.is_new})
+
+
+class Untouched(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.set_header("Vary", "Accept-Encoding")
+        self.write("no session here")
+
+
+class RegenerateOnly(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        await self.session_regenerate_id()
+        self.write({"sid": self.session.session_id})
+
+
+class Fails(SessionMixin, tornado.web.RequestHandler):
+    """Changes the session, then fails in the way ``?how=`` names."""
+
+    async def get(self) -> None:
+        if self.get_argument("regenerate", ""):
+            await self.session_regenerate_id()
+        self.session["half"] = "applied"
+        how = self.get_argument("how")
+        if how == "raise":
+            raise RuntimeError("the handler crashed half-way")
+        if how == "send_error":
+            self.send_error(503)
+        elif how == "status":
+            self.set_status(500)
+            self.write("failed")
+
+
+class Deep(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        depth = int(self.get_argument("depth"))
+        value: list[Any] = []
+        for _ in range(depth - 1):
+            value = [value]
+        try:
+            self.session["deep"] = value
+        except TypeError as exc:
+            self.write({"refused": "'deep'" in str(exc)})
+            return
+        self.write({"refused": False})
+
+
+class ReadDeep(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        value = self.session.get("deep")
+        depth = 0
+        while isinstance(value, list):
+            depth += 1
+            value = value[0] if value else None
+        self.write({"depth": depth})
+
+
+def lifecycle_handlers() -> list[Any]:
+    return [
+        *handlers(),
+        ("/peek", Peek), ("/untouched", Untouched), ("/regenerate", RegenerateOnly), ("/fails", Fails),
+        ("/deep", Deep), ("/read-deep", ReadDeep),
+    ]
+
+
+def session_cookies(resp: Any, m: Any) -> list[str]:
+    return [h for h in resp.headers.get_list("Set-Cookie") if h.startswith(f"{m.config.cookie_name}=")]
+
+
+def vary(resp: Any) -> list[str]:
+    return [t.strip() for h in resp.headers.get_list("Vary") for t in h.split(",")]
+
+
+async def stored_sessions(m: Any) -> int | None:
+    """Active sessions, or ``None`` for a store that cannot count (the cookie provider)."""
+    return None if m.client_side else await m.get_active_sessions()
+
+
+async def test_http_read_only_cookieless_requests_store_nothing_and_set_no_cookie(
+    manager_factory: ManagerFactory, serve: Any
+) -> None:
+    m = await manager_factory()
+    client = await serve(lifecycle_handlers(), session_manager=m)
+    for _ in range(20):
+        resp = await client.fetch("/peek", use_jar=False)
+        assert resp.code == 200
+        assert tornado.escape.json_decode(resp.body) == {"x": None, "new": True}
+        assert session_cookies(resp, m) == []
+    assert await stored_sessions(m) in (0, None)
+    assert "release" not in m.stats()["calls"] and "encode_cookie" not in m.stats()["calls"]
+    # the first write stores it and sends the cookie
+    first = await client.fetch("/set/x")
+    assert session_cookies(first, m)
+    assert tornado.escape.json_decode((await client.fetch("/peek")).body) == {"x": True, "new": False}
+    assert await stored_sessions(m) in (1, None)
+
+
+async def test_http_regenerate_and_destroy_of_a_never_saved_session_touch_no_store(
+    manager_factory: ManagerFactory, serve: Any
+) -> None:
+    m = await manager_factory()
+    client = await serve(lifecycle_handlers(), session_manager=m)
+    regenerated = await client.fetch("/regenerate", use_jar=False)
+    assert regenerated.code == 200 and session_cookies(regenerated, m) == []
+    bye = await client.fetch("/logout", use_jar=False)
+    assert bye.code == 200 and session_cookies(bye, m) == []  # no cookie to expire
+    calls = m.stats()["calls"]
+    assert "regenerate" not in calls and "destroy" not in calls and "release" not in calls
+    assert await stored_sessions(m) in (0, None)
+
+
+@pytest.mark.parametrize("how", ["raise", "send_error", "status"])
+async def test_http_a_5xx_response_saves_nothing(
+    manager_factory: ManagerFactory, serve: Any, how: str
+) -> None:
+    m = await manager_factory()
+    client = await serve(lifecycle_handlers(), session_manager=m)
+    # a new session: not stored, no cookie
+    resp = await client.fetch(f"/fails?how={how}", use_jar=False)
+    assert resp.code >= 500
+    assert session_cookies(resp, m) == []
+    assert await stored_sessions(m) in (0, None)
+    # an existing session: the half-applied change is not saved, its cookie not re-sent
+    await client.fetch("/set/kept")
+    before = dict(client.cookies)
+    resp = await client.fetch(f"/fails?how={how}")
+    assert resp.code >= 500
+    assert session_cookies(resp, m) == []
+    assert client.cookies == before
+    keys = tornado.escape.json_decode((await client.fetch("/dump")).body)["keys"]
+    assert keys == ["kept"]
+
+
+async def test_http_a_regenerate_before_a_5xx_stays_done(manager_factory: ManagerFactory, serve: Any) -> None:
+    m = await manager_factory()
+    client = await serve(lifecycle_handlers(), session_manager=m)
+    await client.fetch("/set/kept")
+    old = dict(client.cookies)
+    resp = await client.fetch("/fails?how=raise&regenerate=1")
+    assert resp.code == 500
+    if m.client_side:
+        assert session_cookies(resp, m) == []  # nothing stored anywhere: the old cookie stays valid
+    else:  # the store moved the data already: the browser gets the new id, the old one is dead
+        assert session_cookies(resp, m)
+        assert client.cookies != old
+        old_header = "; ".join(f"{k}={v}" for k, v in old.items())
+        dead = await client.fetch("/dump", headers={"Cookie": old_header}, use_jar=False)
+        assert tornado.escape.json_decode(dead.body)["keys"] == []
+    assert tornado.escape.json_decode((await client.fetch("/dump")).body)["keys"] == ["kept"]
+
+
+async def test_http_vary_cookie_when_the_response_used_the_session(
+    manager_factory: ManagerFactory, serve: Any
+) -> None:
+    m = await manager_factory()
+    client = await serve(lifecycle_handlers(), session_manager=m)
+    assert vary(await client.fetch("/untouched")) == ["Accept-Encoding"]  # loaded, never touched
+    assert "Cookie" in vary(await client.fetch("/peek"))  # read only
+    assert "Cookie" in vary(await client.fetch("/set/a"))  # written
+    assert "Cookie" in vary(await client.fetch("/peek"))
+    assert vary(await client.fetch("/untouched")) == ["Accept-Encoding"]
+    assert "Cookie" in vary(await client.fetch("/logout"))
+
+
+async def test_http_values_nest_alike_on_every_provider(manager_factory: ManagerFactory, serve: Any) -> None:
+    m = await manager_factory()
+    client = await serve(lifecycle_handlers(), session_manager=m)
+    resp = await client.fetch("/deep?depth=600")
+    if m.client_side and resp.code == 500:
+        pytest.fail(f"the cookie provider failed the save: {resp.body!r}")
+    assert resp.code == 200 and tornado.escape.json_decode(resp.body) == {"refused": False}
+    assert tornado.escape.json_decode((await client.fetch("/read-deep")).body) == {"depth": 600}
+    refused = await client.fetch("/deep?depth=1001")
+    assert tornado.escape.json_decode(refused.body) == {"refused": True}  # at set(), naming the key

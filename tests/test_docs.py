@@ -205,15 +205,18 @@ async def test_quickstart_login_example() -> None:
     async with _serve_app(login.make_app()) as client:
         form = await client.fetch("/login")
         assert b"<form" in form.body
-        anonymous_sid = client.cookies["gosessionid"]
+        assert "gosessionid" not in client.cookies  # reading an empty session stores nothing
         wrong = await client.fetch("/login", method="POST", body="username=ann&password=nope")
         assert wrong.code == 403
         ok = await client.fetch("/login", method="POST", body="username=ann&password=wonderland")
         assert ok.code == 302
-        assert client.cookies["gosessionid"] != anonymous_sid, "login must regenerate the session id"
+        earlier_sid = client.cookies["gosessionid"]
+        again = await client.fetch("/login", method="POST", body="username=ann&password=wonderland")
+        assert again.code == 302
+        assert client.cookies["gosessionid"] != earlier_sid, "login must regenerate the session id"
         hello = await client.fetch("/login")
         assert hello.body.startswith(b"hello ann")
-        stolen = await client.fetch("/login", headers={"Cookie": f"gosessionid={anonymous_sid}"})
+        stolen = await client.fetch("/login", headers={"Cookie": f"gosessionid={earlier_sid}"})
         assert b"<form" in stolen.body, "the pre-login id must not be logged in"
         out = await client.fetch("/logout")
         assert out.code == 302

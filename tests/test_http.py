@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import re
 import secrets
 import time
@@ -730,6 +731,7 @@ class GuardInPrepare(SessionMixin, tornado.web.RequestHandler):
     async def prepare(self) -> None:
         await super().prepare()
         if not self.session.get("user"):
+            self.session["next"] = self.request.uri  # where to go after the login
             self.redirect("/login")
 
     async def get(self) -> None:
@@ -742,7 +744,7 @@ async def test_finish_in_prepare_skips_the_handler_method(
 ) -> None:
     GuardInPrepare.ran = []
     client = await serve([(r"/guarded", GuardInPrepare)], session_manager=managers())
-    resp = await client.fetch("/guarded")  # a new session: its save delays the finish
+    resp = await client.fetch("/guarded")  # a new session written in prepare(): its save delays the finish
     assert resp.code == 302
     assert resp.body == b""
     assert GuardInPrepare.ran == []
@@ -801,7 +803,7 @@ async def test_a_provider_bug_during_the_save_is_a_500_not_a_hang(
     client = await serve(routes(), session_manager=managers(provider_name(BuggyReleaseProvider)))
     resp = await client.fetch("/put?k=boom", request_timeout=20)
     assert resp.code == 500
-    assert b"session could not be saved" in resp.body
+    assert resp.body == b"500 Session Error\n"  # the details are in the server's log only
     assert (await client.fetch("/put?k=fine")).code == 200
 
 
@@ -838,3 +840,87 @@ async def test_a_failed_save_after_a_flush_keeps_the_finish_chunk(
     resp = await client.fetch("/early")
     assert resp.code == 503
     assert b"not for the client" not in resp.body
+
+
+# ---------------------------------------------------------------- issue 9: leaks, Vary, mixin order
+
+
+def _leaky(sid: str) -> ProviderUnavailableError:
+    return ProviderUnavailableError(f"redis at 10.1.2.3:6379 is down; /var/lib/sessions/{sid[:2]}/{sid}")
+
+
+class LeakyDownProvider(MemoryProvider):
+    """Fails like a real store would: the message names the server and the session's file."""
+
+    async def session_read(self, sid: str) -> dict[Any, Any] | None:
+        raise _leaky(sid)
+
+    async def session_release(self, sid: str, changes: Changes, expiry: int) -> None:
+        raise _leaky(sid)
+
+
+@pytest.mark.parametrize("stored", [False, True])
+async def test_a_failing_store_answers_without_internals_and_logs_no_full_session_id(
+    serve: Serve, managers: Callable[..., SessionManager], provider_name: Callable[[type[Provider]], str],
+    caplog: pytest.LogCaptureFixture, stored: bool,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sid = secrets.token_hex(16)
+    client = await serve(routes(), session_manager=managers(provider_name(LeakyDownProvider)))
+    # stored: a read with a well-formed id fails; not stored: the first save of a new session fails
+    resp = await client.fetch("/put?k=a&v=1", headers={"Cookie": f"sid={sid}"} if stored else None,
+                              use_jar=False)
+    assert resp.code == 503
+    for secret in (b"10.1.2.3", b"6379", b"/var/lib", b"redis"):
+        assert secret not in resp.body
+    assert sid.encode() not in resp.body
+    assert "10.1.2.3" in caplog.text  # the details are in the log...
+    for record in caplog.records:  # ...but no full session id, in any line
+        assert not re.search(r"[0-9a-f]{20}", record.getMessage()), record.getMessage()
+    if stored:
+        assert sid[:8] + "…" in caplog.text
+
+
+async def test_serve_traceback_shows_the_details_as_tornado_does(
+    serve: Serve, managers: Callable[..., SessionManager], provider_name: Callable[[type[Provider]], str]
+) -> None:
+    client = await serve(routes(), session_manager=managers(provider_name(LeakyDownProvider)),
+                         serve_traceback=True)
+    resp = await client.fetch("/put?k=a&v=1", use_jar=False)
+    assert resp.code == 503
+    assert b"10.1.2.3" in resp.body
+
+
+async def test_vary_names_the_sid_header_in_header_mode(
+    serve: Serve, managers: Callable[..., SessionManager]
+) -> None:
+    m = managers(enable_sid_in_http_header=True, session_name_in_http_header="X-Session")
+    client = await serve(routes(), session_manager=m)
+    resp = await client.fetch("/put?k=a&v=1", use_jar=False)
+    assert resp.code == 200
+    tokens = [t.strip() for h in resp.headers.get_list("Vary") for t in h.split(",")]
+    assert sorted(tokens) == ["Cookie", "X-Session"]
+    sid = resp.headers["X-Session"]
+    again = await client.fetch("/peek", headers={"X-Session": sid}, use_jar=False)
+    assert "X-Session" in again.headers["Vary"]
+
+
+def test_a_handler_with_requesthandler_before_the_mixin_is_refused_at_class_definition() -> None:
+    with pytest.raises(TypeError, match="put SessionMixin before RequestHandler"):
+
+        class Backwards(tornado.web.RequestHandler, SessionMixin):  # pycket's documented order
+            def get(self) -> None:
+                self.write("never")
+
+    class Base(tornado.web.RequestHandler):
+        pass
+
+    with pytest.raises(TypeError, match="SessionMixin before RequestHandler"):
+
+        class Indirect(Base, SessionMixin):
+            pass
+
+    class Fine(SessionMixin, Base):  # mixin first, any RequestHandler subclass after it
+        pass
+
+    assert Fine.__mro__.index(SessionMixin) < Fine.__mro__.index(tornado.web.RequestHandler)

@@ -167,13 +167,31 @@ async def test_first_use_starts_the_manager() -> None:
 # ---------------------------------------------------------------- session_start
 
 
-async def test_no_cookie_gives_a_new_session_and_cookie(m: SessionManager) -> None:
+async def test_no_cookie_gives_a_new_session_whose_cookie_comes_with_its_first_change(
+    m: SessionManager,
+) -> None:
     h = make_handler()
     s = await m.session_start(h)
     assert s.is_new
     assert HEX32.fullmatch(s.session_id)
-    assert cookie_sid(h) == s.session_id
+    assert cookie_sid(h) is None  # nothing stored, no cookie, until the request changes it
     assert await m.session_start(h) is s  # same object within a request
+    s["x"] = 1
+    assert s.is_new  # until it is saved
+    await s.release(h)
+    assert not s.is_new
+    assert cookie_sid(h) == s.session_id
+    assert await m.read(s.session_id) == {"x": 1}
+
+
+async def test_eager_new_sessions_store_and_set_a_cookie_at_once() -> None:
+    async with SessionManager("memory", cookie_name="sid", eager_new_sessions=True) as m:
+        h = make_handler()
+        s = await m.session_start(h)
+        assert cookie_sid(h) == s.session_id  # beego's behaviour: the cookie at start
+        await s.release(h)
+        assert await m.read(s.session_id) == {}
+        assert await m.get_active_sessions() == 1
 
 
 @pytest.mark.parametrize(
@@ -187,7 +205,7 @@ async def test_malformed_sids_are_never_adopted(m: SessionManager, raw: str) -> 
     assert s.is_new
     assert s.session_id != raw
     assert HEX32.fullmatch(s.session_id)
-    assert cookie_sid(h) == s.session_id
+    assert cookie_sid(h) is None  # a new session gets its cookie when first changed
     assert "read" not in m.stats()["calls"]  # malformed ids never reach the provider
 
 
@@ -197,9 +215,9 @@ async def test_unknown_sid_is_not_adopted(m: SessionManager) -> None:
     s = await m.session_start(h)
     assert s.is_new
     assert s.session_id != unknown
-    assert cookie_sid(h) == s.session_id
     s["x"] = 1
     await s.release(h)
+    assert cookie_sid(h) == s.session_id
     assert await m.read(unknown) is None  # nothing was created under the client's id
 
 
@@ -310,9 +328,14 @@ async def test_get_active_sessions(m: SessionManager) -> None:
     assert await m.get_active_sessions() == 2
 
 
-async def test_unmodified_new_session_is_still_stored(m: SessionManager) -> None:
-    await new_stored(m)
-    assert await m.get_active_sessions() == 1
+async def test_unmodified_new_session_is_neither_stored_nor_given_a_cookie(m: SessionManager) -> None:
+    for _ in range(5):
+        h = make_handler()
+        s = await m.session_start(h)
+        assert s.get("x") is None  # read-only
+        await s.release(h)
+        assert cookie_sid(h) is None
+    assert await m.get_active_sessions() == 0
 
 
 async def test_expired_session_is_never_served_even_before_gc() -> None:
