@@ -440,6 +440,47 @@ async def test_a_bad_message_fails_alone_in_its_batch(shared: tuple[str, aioredi
         assert results[3] == {"a": 1, "b": 2}
 
 
+async def test_a_whole_batch_is_one_script_call_and_a_failing_op_fails_alone(
+    shared: tuple[str, aioredis.Redis],
+) -> None:
+    """Every kind of op in one EVALSHA, in order; a key of the wrong type fails only its ops."""
+    prefix, client = shared
+    async with manager(prefix) as m:
+        provider = provider_of(m)
+        good, bad, gone, new, other = (m.new_sid() for _ in range(5))
+        await ask(m, Release(good, create(a=1), 60))
+        await ask(m, Release(other, create(o=1), 60))
+        await client.set(prefix + bad, b"not a hash")  # another program's key under the prefix
+        rt0 = provider.round_trips
+        results = await asyncio.gather(
+            ask(m, Read(good)),
+            ask(m, Read(bad)),
+            ask(m, Release(bad, Changes(set={"x": 1}), 60)),
+            ask(m, Release(good, Changes(set={"b": 2}, deleted=frozenset({"a"})), 60)),
+            ask(m, Exist(good)),
+            ask(m, Destroy(gone)),
+            ask(m, Regenerate(good, new)),
+            ask(m, Read(new)),
+            ask(m, Exist(good)),
+            ask(m, Regenerate(other, new)),  # the target is live now: refused, nothing moved
+            ask(m, Release(gone, Changes(set={"late": 1}), 60)),  # missing, not create: dropped
+            return_exceptions=True,
+        )
+        assert provider.round_trips - rt0 == 1
+        assert results[0] == {"a": 1}
+        for failed in (results[1], results[2]):
+            assert isinstance(failed, ProviderUnavailableError)
+            assert "WRONGTYPE" in str(failed)
+        assert results[3:9] == [None, True, None, {"b": 2}, {"b": 2}, False]
+        assert isinstance(results[9], ProviderUnavailableError)
+        assert "already exists" in str(results[9])
+        assert results[10] is None
+        assert await m.read(other) == {"o": 1}
+        assert await m.read(new) == {"b": 2}
+        assert await client.exists(prefix + gone) == 0
+        assert await client.get(prefix + bad) == b"not a hash"
+
+
 async def test_active_count_scans_only_its_own_prefix(shared: tuple[str, aioredis.Redis]) -> None:
     prefix, client = shared
     glob_prefix = prefix + "a*[b]?:"
@@ -567,12 +608,13 @@ async def test_1000_sessions_destroyed_or_expired_leave_no_keys(shared: tuple[st
 # ---------------------------------------------------------------- batching proof
 
 
-async def server_counters(client: aioredis.Redis) -> tuple[int, int]:
-    """(read events the server processed, EVALSHA calls), from INFO."""
+async def server_counters(client: aioredis.Redis) -> tuple[int, int, int]:
+    """(read events the server processed, EVALSHA calls, HGETALL calls), from INFO."""
     stats = await client.info("stats")
     cmds = await client.info("commandstats")
     evalsha = cmds.get("cmdstat_evalsha", {}).get("calls", 0)
-    return int(stats["total_reads_processed"]), int(evalsha)
+    hgetall = cmds.get("cmdstat_hgetall", {}).get("calls", 0)  # run by the script, one per read
+    return int(stats["total_reads_processed"]), int(evalsha), int(hgetall)
 
 
 async def test_200_concurrent_reads_take_far_fewer_round_trips(private_redis: RedisServer) -> None:
@@ -583,26 +625,28 @@ async def test_200_concurrent_reads_take_far_fewer_round_trips(private_redis: Re
         await asyncio.gather(*(ask(m, Release(s, create(i=i), 600)) for i, s in enumerate(sids)))
         provider = provider_of(m)
 
-        # Sequential baseline: one round trip per read, seen by both counters.
+        # Sequential baseline: one round trip (one EVALSHA) per read, seen by both counters.
         rt0 = provider.round_trips
-        reads0, evals0 = await server_counters(admin)
+        reads0, evals0, hgetalls0 = await server_counters(admin)
         for s in sids:
             await m.read(s)
-        reads1, evals1 = await server_counters(admin)
+        reads1, evals1, hgetalls1 = await server_counters(admin)
         seq_trips = provider.round_trips - rt0
         assert seq_trips == 200
         assert evals1 - evals0 == 200
+        assert hgetalls1 - hgetalls0 == 200
         assert reads1 - reads0 - 1 >= 200  # -1: the INFO call itself
 
-        # Concurrent: the same 200 reads, batched.
+        # Concurrent: the same 200 reads, batched: one EVALSHA per batch.
         rt0 = provider.round_trips
         results = await asyncio.gather(*(m.read(s) for s in sids))
-        reads2, evals2 = await server_counters(admin)
+        reads2, evals2, hgetalls2 = await server_counters(admin)
         trips = provider.round_trips - rt0
         server_reads = reads2 - reads1 - 2  # -2: the INFO calls on the admin connection
         assert results == [{"i": i} for i in range(200)]
-        assert evals2 - evals1 == 200  # every read really ran on the server
+        assert hgetalls2 - hgetalls1 == 200  # every read really ran on the server
         assert 1 <= trips <= 10
+        assert evals2 - evals1 == trips  # the whole batch in one script call
         assert trips <= server_reads <= 20  # the server agrees: a handful of reads, not 200
     await admin.aclose()
 

@@ -636,6 +636,14 @@ class RedisClusterProvider(RedisProvider):
             return None
         return super().build_op(message)
 
+    async def run_ops(self, ops: Sequence[_Op]) -> list[Any]:
+        """One command per op (the session script with that op alone), sent per node.
+
+        A script may only take keys of one slot, so the base class's one script
+        per batch cannot be used; :meth:`_pipeline` groups the commands by node.
+        """
+        return await self.run_ops_each(ops)
+
     async def session_regenerate(self, old_sid: str, sid: str) -> SessionData:
         """Move *old_sid*'s hash to *sid* across slots in three single-slot scripts (see the module docs).
 
