@@ -12,12 +12,17 @@ What holds:
 * Shard directories are created as needed with mode 0700; session files have
   mode 0600.
 * A session file holds ``codec.encode({"data": {...}, "lifetime": seconds})``.
-  Its mtime is the last access: reads refresh it (``os.utime``), and a record
-  is expired once ``now - mtime >= lifetime``. An expired record is never
-  served, even before GC removes it.
-* Every write goes to a temp file ``.<sid>.tmp.<random>`` in the same
-  directory, is ``fsync``-ed and then renamed over the session file, so a
-  process killed mid-write leaves the previous complete version in place.
+  Its mtime is the last access: reads refresh it (``os.utime``, at most once
+  per :func:`refresh_step`), and a record is expired once
+  ``now - mtime >= lifetime``. An expired record is never served, even
+  before GC removes it.
+* Every write puts a complete record in another file of the same directory,
+  ``fsync``-s it and renames it into place, so a process killed mid-write
+  leaves the previous complete version in place. On Linux (probed at start)
+  that file is the session's *spare* ``.<sid>.spare`` and the rename is
+  ``renameat2(RENAME_EXCHANGE)``: the old version becomes the spare for the
+  next write, so no inode is allocated or freed per write. Elsewhere it is a
+  new temp file ``.<sid>.tmp.<random>`` renamed over the session file.
 * The sid is checked against ``[A-Za-z0-9_-]{16,160}`` before any path is
   built. Every path component below ``save_path`` is opened relative to its
   parent's file descriptor with ``O_NOFOLLOW``, so a symlink planted in the
@@ -30,11 +35,18 @@ What holds:
   lock and apply only the request's :class:`~gosession_tornado.provider.Changes`,
   so processes updating different keys of one session lose none. Creating a
   record uses ``link()``, which never overwrites a record created meanwhile.
+* Reads take no ``flock``. Files are never written in place while they are
+  a session file; in exchange mode a reader pins the file it reads with an
+  OFD read lock, and a spare is rewritten only under an OFD write lock.
 * Blocking I/O runs in one dedicated worker thread per provider (the actor
   still decides the order); a whole drained batch is one hop to that thread.
-* GC removes expired session files and orphaned temp files (a temp file nobody
-  holds locked, older than :data:`TEMP_GRACE` seconds); anything that is not a
-  regular file is left alone. One GC pass works for at most half of
+  The saves of a batch to different sessions are fsync-ed together (several
+  at once on helper threads), each before its own rename; directory fds are
+  cached for up to :data:`DIR_CACHE_SECONDS`.
+* GC removes expired session files (with their spares), orphaned temp files
+  (a temp file nobody holds locked, older than :data:`TEMP_GRACE` seconds) and
+  spares whose session is gone; anything that is not a regular file is left
+  alone. One GC pass works for at most half of
   ``provider_timeout`` and resumes at the next shard directory the next time.
 """
 
@@ -43,18 +55,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import errno
 import fcntl
-import functools
 import logging
 import os
 import re
 import secrets
 import stat
+import struct
+import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from .. import codec
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
@@ -74,10 +88,13 @@ from ..provider import (
 
 __all__ = [
     "DEFAULT_SAVE_PATH",
+    "DIR_CACHE_SECONDS",
     "TEMP_GRACE",
     "FileProvider",
     "InvalidSessionIdError",
     "UnsafePathError",
+    "probe_exchange",
+    "refresh_step",
     "session_path",
     "valid_sid",
 ]
@@ -92,20 +109,26 @@ TEMP_GRACE = 60.0
 DIR_MODE = 0o700
 #: Mode of session files.
 FILE_MODE = 0o600
+#: Seconds an open shard directory fd is reused before the path is walked again.
+DIR_CACHE_SECONDS = 1.0
+#: How many fsyncs of one batch run at once (the worker thread and helper threads).
+FSYNC_LANES = 8
 
 _SID_RE = re.compile(r"[A-Za-z0-9_-]{16,160}")
 _SHARD_RE = re.compile(r"[A-Za-z0-9_-]")
 _TMP_MARK = ".tmp."
 _TMP_RE = re.compile(r"\.([A-Za-z0-9_-]{16,160})\.tmp\.[0-9a-f]{16}")
+_SPARE_SUFFIX = ".spare"
+_SPARE_RE = re.compile(r"\.([A-Za-z0-9_-]{16,160})\.spare")
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO planted under a session's name must not hang.
 _O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _O_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_SPARE = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # Errors that mean "something other than a directory/regular file is in the way".
 _UNSAFE_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENXIO})
 
-_T = TypeVar("_T")
 
 
 class InvalidSessionIdError(SessionError, ValueError):
@@ -127,6 +150,22 @@ class UnsafePathError(ProviderUnavailableError):
 class _Record(NamedTuple):
     data: SessionData
     lifetime: int
+
+
+class _Staged(NamedTuple):
+    """A rewrite in exchange mode, written to the spare and waiting for its fsync."""
+
+    dfd: int
+    sid: str
+    #: The session file, ``flock``-ed until the spare is in its place.
+    fd: int
+    #: The spare, under our OFD write lock, holding the new record.
+    sfd: int
+    payload: bytes
+
+
+class _BusyError(Exception):
+    """Another process holds a session's lock, and the caller must not wait while holding others."""
 
 
 def valid_sid(sid: object) -> bool:
@@ -190,11 +229,14 @@ def _parse_config(config: Any) -> str:
     return config.strip() or DEFAULT_SAVE_PATH
 
 
-def _read_all(fd: int, size_hint: int) -> bytes:
-    chunks: list[bytes] = []
-    want = max(size_hint, 0) + 1
+def _read_exact(fd: int, size: int) -> bytes:
+    """The *size* bytes of a file that does not change while we read it (from offset 0)."""
+    data = os.read(fd, size) if size else b""
+    if len(data) >= size:
+        return data
+    chunks = [data]  # a short read: keep going until EOF
     while True:
-        chunk = os.read(fd, max(want, 65536))
+        chunk = os.read(fd, max(size - len(data), 65536))
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -207,16 +249,182 @@ def _write_all(fd: int, payload: bytes) -> None:
         view = view[n:]
 
 
-class _Store:
-    """The synchronous file operations; called only from the provider's worker thread."""
+def _pwrite_all(fd: int, payload: bytes) -> None:
+    view = memoryview(payload)
+    offset = 0
+    while offset < len(payload):
+        offset += os.pwrite(fd, view[offset:], offset)
 
-    def __init__(self, save_path: str, max_lifetime: int, lock_timeout: float, gc_budget: float) -> None:
+
+def _check_regular(st: os.stat_result, where: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(f"session file {where!r} is not a regular file; remove it")
+
+
+def _expired(st: os.stat_result, lifetime: int, now: float) -> bool:
+    return now - st.st_mtime_ns / 1e9 >= lifetime
+
+
+def refresh_step(lifetime: int) -> int:
+    """Seconds a read lets pass before it refreshes a session's last access (its mtime).
+
+    A read within this long of the last write or refresh leaves the mtime
+    alone, so a session can expire up to this much *earlier* than
+    ``lifetime`` after its last read, never later. 1/60 of the lifetime
+    (one minute of an hour), at least one second: the SQL providers' step.
+    """
+    return max(1, lifetime // 60)
+
+
+def _spare_name(sid: str) -> str:
+    return f".{sid}{_SPARE_SUFFIX}"
+
+
+# ---------------------------------------------------------------- exchange mode (Linux)
+#
+# Rewriting a session writes the complete new record into the session's spare
+# file ``.<sid>.spare``, fsyncs it and swaps the two names with one
+# ``renameat2(RENAME_EXCHANGE)``: the new version takes the session's name and
+# the old inode becomes the spare for the next write. No inode is allocated or
+# freed per write (ext4 and others pay dearly for inode churn), and a crash
+# still leaves either the old or the new complete record at ``<sid>``.
+#
+# The old inode is rewritten in place the next time, so a lock-free reader
+# must not be reading it then: readers *pin* the file they read with an OFD
+# read lock (``F_OFD_SETLK``, ``F_RDLCK``) and check that it still has the
+# session's name; a writer rewrites a spare only under an OFD write lock. OFD
+# locks are independent of the ``flock`` that serializes writers, so a read
+# never waits for a write (Linux; the mode is probed at start and falls back
+# to a new temp file + ``rename`` per write elsewhere).
+
+_RENAME_EXCHANGE = 2
+#: errnos saying this filesystem or kernel cannot exchange names.
+_NO_EXCHANGE_ERRNOS = frozenset(
+    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EPERM}
+)
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):  # pragma: no cover - glibc < 2.28 / musl without it
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+_F_OFD_SETLK: int | None = getattr(fcntl, "F_OFD_SETLK", None)
+# struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), padded to 8 bytes.
+_FLOCK_FMT = "hhqqi"
+_FLOCK_SIZE = (struct.calcsize(_FLOCK_FMT) + 7) & ~7
+
+
+def _flock_arg(kind: int) -> bytes:
+    return struct.pack(_FLOCK_FMT, kind, os.SEEK_SET, 0, 0, 0).ljust(_FLOCK_SIZE, b"\0")
+
+
+_PIN = _flock_arg(fcntl.F_RDLCK)
+_PIN_WRITE = _flock_arg(fcntl.F_WRLCK)
+
+
+def _ofd_lock(fd: int, arg: bytes) -> bool:
+    """Take an OFD lock on the whole of *fd* without waiting; False if someone holds a conflicting one."""
+    assert _F_OFD_SETLK is not None
+    try:
+        fcntl.fcntl(fd, _F_OFD_SETLK, arg)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _exchange(dfd: int, a: str, b: str) -> None:
+    """Swap the names *a* and *b* in directory *dfd* atomically."""
+    assert _renameat2 is not None
+    if _renameat2(dfd, os.fsencode(a), dfd, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), a)
+
+
+def probe_exchange(directory: str) -> bool:
+    """True if *directory*'s filesystem supports what exchange mode needs.
+
+    ``renameat2(RENAME_EXCHANGE)`` swaps two names, and OFD read locks are
+    independent of ``flock`` but conflict with OFD write locks. Checked with
+    two probe files (``.probe.*``) created and removed in *directory*.
+    """
+    if _renameat2 is None or _F_OFD_SETLK is None:
+        return False
+    tag = secrets.token_hex(8)
+    names = (f".probe.{tag}.a", f".probe.{tag}.b")
+    fds: list[int] = []
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name, body in zip(names, (b"a", b"b")):
+            fd = os.open(name, _O_SPARE | os.O_EXCL, FILE_MODE, dir_fd=dfd)
+            fds.append(fd)
+            os.write(fd, body)
+        _exchange(dfd, names[0], names[1])
+        reader = os.open(names[0], _O_FILE, dir_fd=dfd)
+        fds.append(reader)
+        if os.read(reader, 8) != b"b":
+            return False
+        fcntl.flock(reader, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a writer's session lock ...
+        pinner = os.open(names[0], _O_FILE, dir_fd=dfd)
+        fds.append(pinner)
+        if not _ofd_lock(pinner, _PIN):  # ... must not keep a reader out
+            return False
+        # fds[1] is now the inode named names[0]: a rewrite must wait for the pin.
+        return not _ofd_lock(fds[1], _PIN_WRITE)
+    except OSError as exc:
+        log.debug("file provider: no exchange mode in %s (%s)", directory, exc)
+        return False
+    finally:
+        for fd in fds:
+            os.close(fd)
+        for name in names:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dfd)
+        os.close(dfd)
+
+
+class _Store:
+    """The synchronous file operations; called only from the provider's worker thread.
+
+    It caches open directory fds (``save_path`` and its shard directories),
+    dropped every :data:`DIR_CACHE_SECONDS` and whenever one turns out to have
+    been removed.
+    """
+
+    def __init__(
+        self,
+        save_path: str,
+        max_lifetime: int,
+        lock_timeout: float,
+        gc_budget: float,
+        exchange: bool = False,
+    ) -> None:
         self.save_path = save_path
         self.max_lifetime = max_lifetime
         self.lock_timeout = lock_timeout
         self.gc_budget = gc_budget
+        #: Rewrite sessions through their spare file and RENAME_EXCHANGE (see above).
+        self.exchange = exchange
         #: (shard1, shard2) where the last GC pass stopped for lack of time, or None.
         self.gc_cursor: tuple[str, str] | None = None
+        self._root: int | None = None
+        self._dirs: dict[str, int] = {}
+        self._dirs_since = time.monotonic()
+        #: Directory fds dropped from the cache during a batch, closed when it ends
+        #: (an operation in progress may still use one).
+        self._retired: list[int] = []
+        self._fsync_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------ directories
 
@@ -247,35 +455,87 @@ class _Store:
                 raise
         return None  # pragma: no cover - removed again between mkdir and open
 
-    @contextlib.contextmanager
-    def shard(self, sid: str, create: bool) -> Iterator[int | None]:
-        """The fd of ``save_path/sid[0]/sid[1]`` (``None`` if missing and not *create*)."""
-        root = self._open_root(create)
-        if root is None:
-            yield None
-            return
-        level1: int | None = None
-        level2: int | None = None
-        try:
+    def _drop_dirs(self) -> None:
+        """Forget the cached directory fds; they are closed at the end of the batch."""
+        self._retired.extend(self._dirs.values())
+        self._dirs.clear()
+        if self._root is not None:
+            self._retired.append(self._root)
+            self._root = None
+        self._dirs_since = time.monotonic()
+
+    def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for fd in retired:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close the cached directory fds and stop the fsync helpers (the store still works)."""
+        self._drop_dirs()
+        self._close_retired()
+        pool, self._fsync_pool = self._fsync_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def shard_fd(self, sid: str, create: bool) -> int | None:
+        """The fd of ``save_path/sid[0]/sid[1]`` (``None`` if missing and not *create*).
+
+        Cached for the batch and up to :data:`DIR_CACHE_SECONDS`: the caller
+        must not close it.
+        """
+        key = sid[:2]
+        dfd = self._dirs.get(key)
+        if dfd is not None:
+            return dfd
+        for attempt in range(2):
+            root = self._root
+            if root is None:
+                root = self._open_root(create)
+                if root is None:
+                    return None
+                self._root = root
             where1 = os.path.join(self.save_path, sid[0])
-            level1 = self._open_subdir(root, sid[0], create, where1)
-            if level1 is not None:
-                level2 = self._open_subdir(level1, sid[1], create, os.path.join(where1, sid[1]))
-            yield level2
-        finally:
-            for fd in (level2, level1, root):
-                if fd is not None:
-                    os.close(fd)
+            try:
+                level1 = self._open_subdir(root, sid[0], create, where1)
+                if level1 is None:
+                    return None
+                try:
+                    dfd = self._open_subdir(level1, sid[1], create, os.path.join(where1, sid[1]))
+                finally:
+                    os.close(level1)
+            except FileNotFoundError:  # mkdir in a save_path removed since we opened it
+                if attempt or not self.stale(sid):
+                    raise
+                continue
+            if dfd is not None:
+                self._dirs[key] = dfd
+            return dfd
+        return None  # pragma: no cover - the loop returns or raises
+
+    def stale(self, sid: str) -> bool:
+        """True (and the cache dropped) if a cached directory on *sid*'s path was removed."""
+        for fd in (self._root, self._dirs.get(sid[:2])):
+            if fd is None:
+                continue
+            try:
+                gone = os.fstat(fd).st_nlink == 0
+            except OSError:  # pragma: no cover - a closed fd would be a bug
+                gone = True
+            if gone:
+                self._drop_dirs()
+                return True
+        return False
 
     # ------------------------------------------------------------ files
 
     def _open_file(self, dfd: int, name: str, where: str) -> int | None:
-        """Open the session file *name* for reading/locking; ``None`` if missing.
+        """Open the entry *name* for reading and locking; ``None`` if missing.
 
-        :raises UnsafePathError: if the entry is a symlink or not a regular file.
+        :raises UnsafePathError: if the entry is a symlink.
         """
         try:
-            fd = os.open(name, _O_FILE, dir_fd=dfd)
+            return os.open(name, _O_FILE, dir_fd=dfd)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -285,10 +545,6 @@ class _Store:
                     "it (remove it)"
                 ) from None
             raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise UnsafePathError(f"session file {where!r} is not a regular file; remove it")
-        return fd
 
     def _where(self, sid: str) -> str:
         return os.path.join(self.save_path, sid[0], sid[1], sid)
@@ -317,23 +573,101 @@ class _Store:
             )
 
     @staticmethod
-    def _still_there(fd: int, dfd: int, name: str) -> bool:
-        """True if *name* in *dfd* still names the inode open as *fd*."""
+    def _named(dfd: int, name: str, st: os.stat_result) -> bool:
+        """True if *name* in *dfd* names the inode whose ``fstat`` is *st*."""
         try:
             there = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        mine = os.fstat(fd)
-        return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
+        return there.st_ino == st.st_ino and there.st_dev == st.st_dev
 
-    def _load(self, fd: int, where: str) -> _Record | None:
-        """Decode the record open as *fd*; ``None`` (and a warning) if it is corrupt."""
-        st = os.fstat(fd)
-        if st.st_size > codec.MAX_DECODE_BYTES:
-            log.warning("session file %s is %d bytes, over the limit; ignored", where, st.st_size)
+    def _open_locked(
+        self, dfd: int, name: str, where: str, deadline: float, wait: bool = True
+    ) -> tuple[int, os.stat_result] | None:
+        """The session file *name*, ``flock``-ed, and its stat; ``None`` if there is none.
+
+        Retries until the locked inode is the one *name* names (a concurrent
+        save may have put a new file there, a destroy removed it).
+
+        :raises UnsafePathError: if *name* is a symlink or not a regular file.
+        :raises _BusyError: if another process holds the lock and not *wait*.
+        """
+        while True:
+            self._check_deadline(deadline, where)
+            fd = self._open_file(dfd, name, where)
+            if fd is None:
+                return None
+            try:
+                if wait:
+                    self._lock(fd, where, deadline)
+                else:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        raise _BusyError from None
+                st = os.fstat(fd)
+                _check_regular(st, where)
+                if self._named(dfd, name, st):
+                    return fd, st
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # replaced or removed while we waited: look again
+
+    def _open_current(
+        self, dfd: int, name: str, where: str
+    ) -> tuple[int, os.stat_result] | None:
+        """The session file *name* for a lock-free read, and its stat; ``None`` if there is none.
+
+        In exchange mode the file is pinned (an OFD read lock) and checked to
+        still be the one *name* names, so it holds one complete version that
+        cannot be rewritten while it is open. Otherwise files are never
+        written in place and the open file is enough.
+
+        :raises UnsafePathError: if *name* is a symlink or not a regular file.
+        """
+        deadline = 0.0
+        delay = 0.0
+        while True:
+            fd = self._open_file(dfd, name, where)
+            if fd is None:
+                return None
+            try:
+                if not self.exchange:
+                    st = os.fstat(fd)
+                    _check_regular(st, where)
+                    return fd, st
+                try:
+                    pinned = _ofd_lock(fd, _PIN)
+                except OSError:
+                    _check_regular(os.fstat(fd), where)
+                    raise
+                if pinned:
+                    st = os.fstat(fd)
+                    _check_regular(st, where)
+                    if self._named(dfd, name, st):
+                        return fd, st
+            except BaseException:
+                os.close(fd)
+                raise
+            # The inode we opened left the name (it is the spare now, perhaps being
+            # rewritten): open the name again. A rewrite is never done under the
+            # name itself, so this settles at once; back off only if it does not.
+            os.close(fd)
+            if not deadline:
+                deadline = time.monotonic() + self.lock_timeout
+            else:
+                self._check_deadline(deadline, where)
+                time.sleep(delay)
+                delay = min(max(delay * 2, 0.0005), 0.02)
+
+    def _load(self, fd: int, where: str, st: os.stat_result) -> _Record | None:
+        """Decode the record open as *fd* (of size ``st.st_size``); ``None`` (and a warning) if corrupt."""
+        size = st.st_size
+        if size > codec.MAX_DECODE_BYTES:
+            log.warning("session file %s is %d bytes, over the limit; ignored", where, size)
             return None
-        os.lseek(fd, 0, os.SEEK_SET)
-        payload = _read_all(fd, st.st_size)
+        payload = _read_exact(fd, size)
         try:
             obj = codec.decode(payload)
         except ValueError as exc:
@@ -347,13 +681,8 @@ class _Store:
         log.warning("session file %s does not hold a session record; treated as missing", where)
         return None
 
-    @staticmethod
-    def _expired(fd: int, lifetime: int, now: float) -> bool:
-        return now - os.fstat(fd).st_mtime_ns / 1e9 >= lifetime
-
-    def _write_temp(self, dfd: int, sid: str, data: SessionData, lifetime: int) -> tuple[str, int]:
-        """Write a complete, fsync-ed record to a new temp file; returns (name, locked fd)."""
-        payload = codec.encode({"data": data, "lifetime": lifetime})
+    def _write_temp(self, dfd: int, sid: str, payload: bytes) -> tuple[str, int]:
+        """Write *payload* to a new temp file and fsync it; returns (name, locked fd)."""
         name = f".{sid}{_TMP_MARK}{secrets.token_hex(8)}"
         fd = os.open(name, _O_TEMP, FILE_MODE, dir_fd=dfd)
         try:
@@ -368,9 +697,9 @@ class _Store:
             raise
         return name, fd
 
-    def _replace(self, dfd: int, sid: str, data: SessionData, lifetime: int) -> None:
-        """Atomically put a new record at *sid* (the caller holds the old one's lock)."""
-        tmp, fd = self._write_temp(dfd, sid, data, lifetime)
+    def _replace(self, dfd: int, sid: str, payload: bytes) -> None:
+        """Atomically put *payload* at *sid* through a new temp file (the caller holds the lock)."""
+        tmp, fd = self._write_temp(dfd, sid, payload)
         try:
             os.rename(tmp, sid, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
@@ -380,9 +709,121 @@ class _Store:
         finally:
             os.close(fd)
 
-    def _create(self, dfd: int, sid: str, data: SessionData, lifetime: int) -> bool:
+    def _stage_spare(self, dfd: int, sid: str, payload: bytes, where: str) -> int | None:
+        """Write *payload* over *sid*'s spare file (not yet fsync-ed); returns its fd.
+
+        The caller holds the session's lock; the spare stays under our OFD
+        write lock until :meth:`_commit`. ``None`` when the spare cannot be
+        used right now (a reader still holds it, something else is in its
+        place): the caller then writes a new temp file.
+        """
+        spare = _spare_name(sid)
+        try:
+            sfd = os.open(spare, _O_SPARE, FILE_MODE, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno not in _UNSAFE_ERRNOS:
+                raise
+            log.warning("%s.spare is a symlink or not a file; writing a new file instead", where)
+            return None
+        try:
+            if not _ofd_lock(sfd, _PIN_WRITE):
+                os.close(sfd)
+                return None  # a reader pinned the old version a moment ago: leave it be
+            st = os.fstat(sfd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                log.warning("%s.spare is not a plain file; writing a new file instead", where)
+                os.close(sfd)
+                return None
+            _pwrite_all(sfd, payload)
+            if st.st_size > len(payload):
+                os.ftruncate(sfd, len(payload))
+        except BaseException:
+            os.close(sfd)
+            raise
+        return sfd
+
+    def _commit(self, staged: _Staged) -> None:
+        """Put a staged (written and fsync-ed) spare in place of the session file.
+
+        Closes the spare's fd (not the session's). The rename of last resort
+        when names cannot be exchanged is the classic mode's.
+        """
+        dfd, sid = staged.dfd, staged.sid
+        spare = _spare_name(sid)
+        os.close(staged.sfd)  # unpins: the spare holds the complete, fsync-ed record
+        try:
+            _exchange(dfd, spare, sid)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:  # the spare was removed meanwhile (GC): a temp file then
+                self._replace(dfd, sid, staged.payload)
+                return
+            if exc.errno not in _NO_EXCHANGE_ERRNOS:
+                raise
+            log.warning("session store %s cannot exchange names (%s); using rename", self.save_path, exc)
+            self.exchange = False
+            os.rename(spare, sid, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+    @staticmethod
+    def _fsync_one(fd: int) -> BaseException | None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            return exc
+        return None
+
+    def _fsync_all(self, fds: list[int]) -> list[BaseException | None]:
+        """fsync every fd, several at a time (the disk merges concurrent flushes)."""
+        if len(fds) == 1 or FSYNC_LANES < 2:
+            return [self._fsync_one(fd) for fd in fds]
+        lanes = min(len(fds), FSYNC_LANES)
+        if self._fsync_pool is None:
+            self._fsync_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=FSYNC_LANES - 1, thread_name_prefix="gosession-fsync"
+            )
+        outcomes: list[BaseException | None] = [None] * len(fds)
+
+        def lane(k: int) -> None:
+            for i in range(k, len(fds), lanes):
+                try:
+                    os.fsync(fds[i])
+                except OSError as exc:
+                    outcomes[i] = exc
+
+        helpers = [self._fsync_pool.submit(lane, k) for k in range(1, lanes)]
+        lane(0)  # this thread takes a lane too
+        for helper in helpers:
+            helper.result()
+        return outcomes
+
+    def _finish(self, wave: list[_Staged]) -> list[BaseException | None]:
+        """fsync the staged spares together, then put each in place; unlock everything.
+
+        Returns one outcome per staged save (``None`` or its error).
+        """
+        outcomes: list[BaseException | None] = [None] * len(wave)
+        spares_open = len(wave)
+        try:
+            synced = self._fsync_all([staged.sfd for staged in wave])
+            for i, (staged, error) in enumerate(zip(wave, synced)):
+                spares_open = len(wave) - i - 1
+                try:
+                    if error is not None:
+                        os.close(staged.sfd)
+                        raise error
+                    self._commit(staged)
+                except Exception as exc:
+                    outcomes[i] = exc
+        finally:
+            for staged in wave[len(wave) - spares_open :]:
+                with contextlib.suppress(OSError):
+                    os.close(staged.sfd)
+            for staged in wave:
+                os.close(staged.fd)  # releases the session's lock
+        return outcomes
+
+    def _create(self, dfd: int, sid: str, payload: bytes) -> bool:
         """Create the record at *sid* unless one appeared meanwhile; True if created."""
-        tmp, fd = self._write_temp(dfd, sid, data, lifetime)
+        tmp, fd = self._write_temp(dfd, sid, payload)
         try:
             try:
                 os.link(tmp, sid, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
@@ -401,72 +842,134 @@ class _Store:
                 os.unlink(tmp, dir_fd=dfd)
             os.close(fd)
 
+    @staticmethod
+    def _remove(dfd: int, sid: str) -> None:
+        """Delete the session file *sid* and its spare (the caller holds the lock)."""
+        os.unlink(sid, dir_fd=dfd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_spare_name(sid), dir_fd=dfd)
+
     # ------------------------------------------------------------ verbs
 
     def read(self, sid: str, refresh: bool = True) -> SessionData | None:
         if not valid_sid(sid):
             return None
-        where = self._where(sid)
         try:
-            with self.shard(sid, create=False) as dfd:
-                if dfd is None:
-                    return None
-                fd = self._open_file(dfd, sid, where)
-                if fd is None:
-                    return None
-                try:
-                    rec = self._load(fd, where)
-                    if rec is None or self._expired(fd, rec.lifetime, time.time()):
-                        return None
-                    if refresh:
-                        os.utime(fd)  # last access = now
-                    return rec.data
-                finally:
-                    os.close(fd)
+            data = self._read(sid, refresh)
+            if data is None and self.stale(sid):  # a miss through a removed directory: look again
+                data = self._read(sid, refresh)
+            return data
         except UnsafePathError as exc:
             log.warning("session %s… not served: %s", sid[:8], exc)
             return None
 
+    def _read(self, sid: str, refresh: bool) -> SessionData | None:
+        dfd = self.shard_fd(sid, create=False)
+        if dfd is None:
+            return None
+        where = self._where(sid)
+        opened = self._open_current(dfd, sid, where)
+        if opened is None:
+            return None
+        fd, st = opened
+        try:
+            rec = self._load(fd, where, st)
+            if rec is None:
+                return None
+            now = time.time()
+            age = now - st.st_mtime_ns / 1e9
+            if age >= rec.lifetime:
+                return None
+            if refresh and age >= refresh_step(rec.lifetime):
+                os.utime(fd)  # last access = now
+            return rec.data
+        finally:
+            os.close(fd)
+
     def exist(self, sid: str) -> bool:
         return self.read(sid, refresh=False) is not None
 
-    def release(self, sid: str, changes: Changes, expiry: int) -> None:
+    def release(
+        self, sid: str, changes: Changes, expiry: int, wave: list[_Staged] | None = None
+    ) -> None:
+        """Apply *changes* to *sid*'s record.
+
+        With *wave* (exchange mode, inside a batch), a rewrite is left staged
+        in it instead of finished: the spare written but not fsync-ed, the
+        session still locked; :meth:`_finish` completes it. Then a session
+        that another process holds locked raises :class:`_BusyError` instead of
+        waiting (never wait for one lock while holding others).
+        """
         _check_sid(sid)
         lifetime = expiry if expiry > 0 else self.max_lifetime
         where = self._where(sid)
         deadline = time.monotonic() + self.lock_timeout
-        with self.shard(sid, create=changes.create) as dfd:
+        for attempt in range(2):
+            dfd = self.shard_fd(sid, create=changes.create)
             if dfd is None:
                 return  # no shard directory, so no record: do not resurrect
-            while True:
-                self._check_deadline(deadline, where)
-                fd = self._open_file(dfd, sid, where)
-                if fd is None:
-                    if not changes.create:
-                        return  # destroyed or expired meanwhile: do not resurrect
-                    if self._create(dfd, sid, changes.apply({}), lifetime):
-                        return
-                    continue  # created by someone else meanwhile: update that one
-                try:
-                    self._lock(fd, where, deadline)
-                    if not self._still_there(fd, dfd, sid):
-                        continue  # replaced or removed while we waited: look again
-                    rec = self._load(fd, where)
-                    live = rec is not None and not self._expired(fd, rec.lifetime, time.time())
-                    if not live:
-                        if not changes.create:
-                            os.unlink(sid, dir_fd=dfd)  # expired or corrupt: gone for good
-                            return
-                        base: SessionData = {}
-                    else:
-                        assert rec is not None
-                        if changes.empty and rec.lifetime == lifetime:
-                            os.utime(fd)  # nothing to write: refresh last access only
-                            return
-                        base = rec.data
-                    self._replace(dfd, sid, changes.apply(base), lifetime)
+            try:
+                if self._release(dfd, sid, changes, lifetime, where, deadline, wave):
                     return
-                finally:
+            except FileNotFoundError:
+                if attempt or not self.stale(sid):
+                    raise
+                continue  # the cached directory was removed: once more from the top
+            if attempt or not self.stale(sid):
+                return  # destroyed or expired meanwhile: do not resurrect
+
+    def _release(
+        self,
+        dfd: int,
+        sid: str,
+        changes: Changes,
+        lifetime: int,
+        where: str,
+        deadline: float,
+        wave: list[_Staged] | None,
+    ) -> bool:
+        """Apply *changes*; False if dropped because there is no record and no ``create``."""
+        while True:
+            opened = self._open_locked(dfd, sid, where, deadline, wait=not wave)
+            if opened is None:
+                if not changes.create:
+                    return False
+                payload = codec.encode({"data": changes.apply({}), "lifetime": lifetime})
+                if self._create(dfd, sid, payload):
+                    return True
+                continue  # created by someone else meanwhile: update that one
+            fd, st = opened
+            handed_over = False
+            try:
+                rec = self._load(fd, where, st)
+                live = rec is not None and not _expired(st, rec.lifetime, time.time())
+                if not live:
+                    if not changes.create:
+                        self._remove(dfd, sid)  # expired or corrupt: gone for good
+                        return True
+                    base: SessionData = {}
+                else:
+                    assert rec is not None
+                    if changes.empty and rec.lifetime == lifetime:
+                        os.utime(fd)  # nothing to write: refresh last access only
+                        return True
+                    base = rec.data
+                payload = codec.encode({"data": changes.apply(base), "lifetime": lifetime})
+                sfd = self._stage_spare(dfd, sid, payload, where) if self.exchange else None
+                if sfd is None:
+                    self._replace(dfd, sid, payload)
+                    return True
+                staged = _Staged(dfd, sid, fd, sfd, payload)
+                handed_over = True
+                if wave is not None:
+                    wave.append(staged)
+                else:
+                    error = self._finish([staged])[0]
+                    if error is not None:
+                        raise error
+                return True
+            finally:
+                if not handed_over:
                     os.close(fd)  # releases the lock
 
     def destroy(self, sid: str) -> None:
@@ -475,22 +978,16 @@ class _Store:
         where = self._where(sid)
         deadline = time.monotonic() + self.lock_timeout
         try:
-            with self.shard(sid, create=False) as dfd:
-                if dfd is None:
-                    return
-                while True:
-                    self._check_deadline(deadline, where)
-                    fd = self._open_file(dfd, sid, where)
-                    if fd is None:
-                        return
-                    try:
-                        self._lock(fd, where, deadline)
-                        if not self._still_there(fd, dfd, sid):
-                            continue
-                        os.unlink(sid, dir_fd=dfd)
-                        return
-                    finally:
-                        os.close(fd)
+            dfd = self.shard_fd(sid, create=False)
+            if dfd is None:
+                return
+            opened = self._open_locked(dfd, sid, where, deadline)
+            if opened is None:
+                return
+            try:
+                self._remove(dfd, sid)
+            finally:
+                os.close(opened[0])
         except UnsafePathError as exc:
             log.warning("session %s… not destroyed: %s", sid[:8], exc)
 
@@ -499,32 +996,29 @@ class _Store:
         _check_sid(sid)
         old_where = self._where(old_sid)
         deadline = time.monotonic() + self.lock_timeout
-        with self.shard(old_sid, create=False) as odfd:
-            while odfd is not None:
-                self._check_deadline(deadline, old_where)
-                fd = self._open_file(odfd, old_sid, old_where)
-                if fd is None:
-                    break
-                try:
-                    self._lock(fd, old_where, deadline)
-                    if not self._still_there(fd, odfd, old_sid):
-                        continue
-                    rec = self._load(fd, old_where)
-                    if rec is None or self._expired(fd, rec.lifetime, time.time()):
-                        os.unlink(old_sid, dir_fd=odfd)
-                        break
-                    with self.shard(sid, create=True) as ndfd:
-                        assert ndfd is not None
-                        # One rename, under the old record's lock: the data is at exactly one sid.
-                        os.rename(old_sid, sid, src_dir_fd=odfd, dst_dir_fd=ndfd)
+        odfd = self.shard_fd(old_sid, create=False)
+        opened = None if odfd is None else self._open_locked(odfd, old_sid, old_where, deadline)
+        if odfd is not None and opened is not None:
+            fd, st = opened
+            try:
+                rec = self._load(fd, old_where, st)
+                if rec is None or _expired(st, rec.lifetime, time.time()):
+                    self._remove(odfd, old_sid)
+                else:
+                    ndfd = self.shard_fd(sid, create=True)
+                    assert ndfd is not None
+                    # One rename, under the old record's lock: the data is at exactly one sid.
+                    os.rename(old_sid, sid, src_dir_fd=odfd, dst_dir_fd=ndfd)
+                    with contextlib.suppress(FileNotFoundError):  # its spare goes along
+                        os.rename(_spare_name(old_sid), _spare_name(sid), src_dir_fd=odfd, dst_dir_fd=ndfd)
                     os.utime(fd)
                     return rec.data
-                finally:
-                    os.close(fd)
-        with self.shard(sid, create=True) as ndfd:
-            assert ndfd is not None
-            if not self._create(ndfd, sid, {}, self.max_lifetime):
-                raise InvalidSessionIdError(f"session id {sid[:8]}… is already taken; use a fresh id")
+            finally:
+                os.close(fd)
+        ndfd = self.shard_fd(sid, create=True)
+        assert ndfd is not None
+        if not self._create(ndfd, sid, codec.encode({"data": {}, "lifetime": self.max_lifetime})):
+            raise InvalidSessionIdError(f"session id {sid[:8]}… is already taken; use a fresh id")
         return {}
 
     # ------------------------------------------------------------ walking
@@ -554,7 +1048,8 @@ class _Store:
     def _walk(self, root: int, pair: tuple[str, str], now: float, collect: bool) -> int:
         """Visit one shard directory; returns the number of live sessions in it.
 
-        With *collect*, expired session files and orphaned temp files are removed.
+        With *collect*, expired session files (with their spares), orphaned
+        temp files and spares whose session is gone are removed.
         """
         try:
             fd1 = os.open(pair[0], _O_DIR, dir_fd=root)
@@ -571,38 +1066,60 @@ class _Store:
         try:
             with os.scandir(dfd) as entries:
                 names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
+            sessions = {name for name in names if valid_sid(name)}
             for name in names:
-                if valid_sid(name):
+                if name in sessions:
                     live += self._visit(dfd, name, now, collect)
-                elif collect and _TMP_RE.fullmatch(name):
+                elif not collect:
+                    continue
+                elif _TMP_RE.fullmatch(name):
                     self._collect_temp(dfd, name, now)
+                else:
+                    spare = _SPARE_RE.fullmatch(name)
+                    if spare is not None and spare.group(1) not in sessions:
+                        self._collect_spare(dfd, name, spare.group(1), now)
         finally:
             os.close(dfd)
         return live
 
     def _visit(self, dfd: int, name: str, now: float, collect: bool) -> int:
         where = self._where(name)
-        try:
-            fd = os.open(name, _O_FILE, dir_fd=dfd)
-        except OSError:
-            return 0  # gone, or swapped for a symlink/other entry: skip
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not collect:
+            try:
+                opened = self._open_current(dfd, name, where)
+            except (OSError, SessionError):
+                return 0  # gone, swapped for a symlink/other entry, or busy: skip
+            if opened is None:
                 return 0
-            if collect:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return 1  # being updated right now, so it is in use
-                if not self._still_there(fd, dfd, name):
+            fd, st = opened
+        else:
+            try:
+                fd = os.open(name, _O_FILE, dir_fd=dfd)
+            except OSError:
+                return 0  # gone, or swapped for a symlink/other entry: skip
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    os.close(fd)
                     return 0
-            rec = self._load(fd, where)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return 1  # being updated right now, so it is in use
+            except BaseException:
+                os.close(fd)
+                raise
+            if not self._named(dfd, name, st):
+                os.close(fd)
+                return 0
+        try:
+            rec = self._load(fd, where, st)
             # A corrupt file is kept for max_lifetime after its last write, then collected.
             lifetime = rec.lifetime if rec is not None else self.max_lifetime
-            if not self._expired(fd, lifetime, now):
+            if not _expired(st, lifetime, now):
                 return 1 if rec is not None else 0
             if collect:
-                os.unlink(name, dir_fd=dfd)
+                self._remove(dfd, name)
             return 0
         finally:
             os.close(fd)
@@ -620,11 +1137,35 @@ class _Store:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return  # a writer is still at it
-            if self._still_there(fd, dfd, name):
+            if self._named(dfd, name, st):
                 os.unlink(name, dir_fd=dfd)
                 log.info("removed orphaned temp file %s", os.path.join(self.save_path, name))
         finally:
             os.close(fd)
+
+    def _collect_spare(self, dfd: int, name: str, sid: str, now: float) -> None:
+        """Remove the spare *name* of session *sid* if the session is gone.
+
+        Removing a spare never loses data (it holds an old version); a save
+        that was about to use it writes a new temp file instead. Left alone
+        while its last exchange (its ctime) is younger than TEMP_GRACE.
+        """
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            return
+        if not stat.S_ISREG(st.st_mode) or now - st.st_ctime < TEMP_GRACE:
+            return
+        try:
+            os.stat(sid, dir_fd=dfd, follow_symlinks=False)
+            return  # the session is there after all
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dfd)
+            log.info("removed the spare of a gone session %s", os.path.join(self.save_path, name))
 
     def gc(self) -> None:
         root = self._open_root(create=False)
@@ -657,6 +1198,65 @@ class _Store:
         finally:
             os.close(root)
 
+    # ------------------------------------------------------------ batches
+
+    def run_batch(self, messages: Sequence[Message]) -> list[Any]:
+        """Answer *messages* in order: one outcome each, the result or the error it raised.
+
+        In exchange mode, consecutive saves of different sessions form a
+        *wave*: each is read, merged and written to its spare while its
+        session stays locked, then the wave's spares are fsync-ed together
+        and exchanged into place one by one. A message that touches a
+        session of the wave (a read, a second save, a destroy...), a GC or
+        a count first finishes the wave, so every message sees the ones
+        before it.
+        """
+        if time.monotonic() - self._dirs_since >= DIR_CACHE_SECONDS:
+            self._drop_dirs()
+        results: list[Any] = [None] * len(messages)
+        wave: list[_Staged] = []
+        owners: list[int] = []  # the message of each staged save
+        try:
+            for i, message in enumerate(messages):
+                if wave and _touches(message, wave):
+                    self._settle(wave, owners, results)
+                try:
+                    if isinstance(message, Release) and self.exchange:
+                        try:
+                            self.release(message.sid, message.changes, message.expiry, wave)
+                        except _BusyError:  # locked elsewhere: let go of ours before waiting
+                            self._settle(wave, owners, results)
+                            self.release(message.sid, message.changes, message.expiry, wave)
+                        if len(wave) > len(owners):
+                            owners.append(i)
+                    else:
+                        results[i] = self.dispatch(message)
+                except Exception as exc:  # one message fails, the batch goes on
+                    results[i] = self._failure(exc)
+        finally:
+            if wave:
+                self._settle(wave, owners, results)
+            self._close_retired()
+        return results
+
+    def _settle(self, wave: list[_Staged], owners: list[int], results: list[Any]) -> None:
+        for i, error in zip(owners, self._finish(wave)):
+            if error is not None:
+                results[i] = self._failure(error)
+        wave.clear()
+        owners.clear()
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """*exc* as its message's outcome: an OS error becomes ProviderUnavailableError."""
+        if isinstance(exc, OSError):
+            failure = ProviderUnavailableError(
+                f"file session store {self.save_path!r}: {exc}; check that the directory exists, "
+                "is writable and the disk is not full"
+            )
+            failure.__cause__ = exc
+            return failure
+        return exc
+
     def dispatch(self, message: Message) -> Any:
         if isinstance(message, Read):
             return self.read(message.sid)
@@ -678,6 +1278,18 @@ class _Store:
 _FILE_MESSAGES = (Read, Release, Exist, Regenerate, Destroy, All, GC)
 
 
+def _touches(message: Message, wave: list[_Staged]) -> bool:
+    """True if *message* must see the staged saves of *wave* finished first."""
+    names: tuple[str, ...]
+    if isinstance(message, (Read, Exist, Release, Destroy)):
+        names = (message.sid,)
+    elif isinstance(message, Regenerate):
+        names = (message.old_sid, message.sid)
+    else:
+        return True  # a GC or count walks (and locks) every session
+    return any(staged.sid in names for staged in wave)
+
+
 class FileProvider(BatchVerbs):
     """Sessions as files under ``save_path``, shared safely between processes.
 
@@ -697,36 +1309,19 @@ class FileProvider(BatchVerbs):
         timeout = getattr(self.manager_config, "provider_timeout", None)
         return float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 5.0
 
-    def _guarded(self, fn: Callable[[], _T]) -> _T:
-        try:
-            return fn()
-        except SessionError:
-            raise
-        except OSError as exc:
-            raise ProviderUnavailableError(
-                f"file session store {self.save_path!r}: {exc}; check that the directory exists, "
-                "is writable and the disk is not full"
-            ) from exc
-
     async def _run_one(self, message: Message) -> Any:
         """One message on the worker thread (the verbs come from :class:`BatchVerbs`)."""
         store, executor = self._require()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self._guarded, functools.partial(store.dispatch, message))
+        (outcome,) = await loop.run_in_executor(executor, store.run_batch, [message])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _require(self) -> tuple[_Store, concurrent.futures.ThreadPoolExecutor]:
         if self._store is None or self._executor is None:
             raise ProviderUnavailableError("file session provider is not initialised; start the manager")
         return self._store, self._executor
-
-    def _run_batch(self, store: _Store, messages: Sequence[Message]) -> list[Any]:
-        results: list[Any] = []
-        for message in messages:
-            try:
-                results.append(self._guarded(functools.partial(store.dispatch, message)))
-            except Exception as exc:  # one message fails, the batch goes on
-                results.append(exc)
-        return results
 
     # ------------------------------------------------------------ verbs
 
@@ -755,14 +1350,21 @@ class FileProvider(BatchVerbs):
             return os.path.realpath(absolute)
 
         self.save_path = await asyncio.to_thread(prepare)
+        exchange = await asyncio.to_thread(probe_exchange, self.save_path)
         timeout = self._timeout()
-        self._store = _Store(
-            self.save_path, max_lifetime, lock_timeout=timeout * 0.8, gc_budget=timeout * 0.5
+        old, self._store = self._store, _Store(
+            self.save_path,
+            max_lifetime,
+            lock_timeout=timeout * 0.8,
+            gc_budget=timeout * 0.5,
+            exchange=exchange,
         )
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="gosession-file"
             )
+        elif old is not None:
+            self._executor.submit(old.close)
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
         """Run a batch of file messages in one hop to the worker thread, in order."""
@@ -770,11 +1372,18 @@ class FileProvider(BatchVerbs):
             return await super().handle_batch(messages)
         store, executor = self._require()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self._run_batch, store, list(messages))
+        return await loop.run_in_executor(executor, store.run_batch, messages)
+
+    @property
+    def exchange_mode(self) -> bool:
+        """True when saves rewrite each session's spare file and exchange names (Linux)."""
+        return self._store is not None and self._store.exchange
 
     async def session_close(self) -> None:
-        """Stop the worker thread once the write in progress (if any) is done."""
+        """Stop the worker thread once the batch in progress (if any) is done; close its fds."""
         executor, self._executor = self._executor, None
-        self._store = None
+        store, self._store = self._store, None
         if executor is not None:
-            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+            if store is not None:
+                executor.submit(store.close)  # on the worker thread, after the batch in progress
+            await asyncio.to_thread(executor.shutdown, wait=True)
