@@ -89,6 +89,9 @@ class ManagerConfig:
     #: when the request changes nothing. Default False: a new session is stored, and
     #: gets its cookie, only when a request modifies it.
     eager_new_sessions: bool = False
+    #: Server-side stores keep ``sha256(session id)`` (64 hex digits) instead of the
+    #: id, so a leaked dump, backup or session directory hands out no live session.
+    hash_session_ids: bool = False
 
     @property
     def header_name(self) -> str:
@@ -130,6 +133,7 @@ _FIELD_TYPES: dict[str, str] = {
     "provider_timeout": _NUM,
     "key_prefix": _STR,
     "eager_new_sessions": _BOOL,
+    "hash_session_ids": _BOOL,
 }
 
 

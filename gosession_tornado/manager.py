@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
+import math
 import re
 import secrets
 import time
@@ -148,6 +150,15 @@ def apply_cookies(handler: Any) -> bool:
     return True
 
 
+def _plain(sid: str) -> str:
+    return sid
+
+
+def _hashed(sid: str) -> str:
+    """The store key of *sid* with ``hash_session_ids``: sha256 as 64 lowercase hex digits."""
+    return hashlib.sha256(sid.encode("ascii")).hexdigest()
+
+
 def cookie_value(header: str, name: str) -> str | None:
     """The value of cookie *name* in a ``Cookie`` request header, or ``None``.
 
@@ -224,6 +235,8 @@ class SessionManager:
         self._closed = False
         self._last_active: int | None = None
         self._sid_re = self._compile_sid_re()
+        #: The key a session is stored under: its id, or sha256(id) with hash_session_ids.
+        self._key: Callable[[str], str] = _hashed if self.config.hash_session_ids else _plain
 
     # ------------------------------------------------------------ lifecycle
 
@@ -395,15 +408,21 @@ class SessionManager:
 
     def cookie_max_age(self, session: Session) -> int | None:
         """``Max-Age`` for *session*'s cookie in seconds, or ``None`` for a browser-session cookie."""
+        if session.expires_at is not None:
+            return max(1, math.ceil(session.expires_at - time.time()))
         if session.expiry is not None:
             return session.expiry if session.expiry > 0 else None
         return self.config.cookie_lifetime if self.config.cookie_lifetime > 0 else None
 
     def server_lifetime(self, session: Session) -> int:
-        """Seconds the provider keeps *session* after its last access."""
+        """Seconds the provider keeps *session* after its last access (never past its ``expires_at``)."""
         if session.expiry is not None and session.expiry > 0:
-            return session.expiry
-        return self.config.max_lifetime
+            lifetime = session.expiry
+        else:
+            lifetime = self.config.max_lifetime
+        if session.expires_at is not None:
+            lifetime = min(lifetime, max(1, math.ceil(session.expires_at - time.time())))
+        return lifetime
 
     def _issue(self, handler: RequestHandler | None, session: Session, value: str | None = None) -> None:
         """Queue (and write, if still possible) the cookie/header carrying *session*."""
@@ -475,13 +494,18 @@ class SessionManager:
                 session = Session(self, sid, data, expiry=expiry, save_if_unmodified=reissue)
         elif self._sid_re.match(raw) is not None:
             if self._in_process and actor.idle:
-                data = actor.call_now(Read(raw))
+                data = actor.call_now(Read(self._key(raw)))
             else:
-                data = await actor.ask(Read(raw))
+                data = await actor.ask(Read(self._key(raw)))
             if data is not None:
                 session = Session(self, raw, data)
                 if self.config.enable_sid_in_http_header and not handler._headers_written:
                     handler.set_header(self.config.header_name, raw)
+        if session is not None and session.expires_at is not None and session.expires_at <= time.time():
+            # set_expiry(datetime/timedelta) said it ends by now: never served past that
+            if not self._client_side:
+                actor.tell(Destroy(self._key(session.session_id)))
+            session = None
         if session is None:
             # Stored, and given its cookie, only when a request modifies it (or eagerly, as beego).
             eager = self.config.eager_new_sessions
@@ -537,7 +561,7 @@ class SessionManager:
         if self._client_side:
             reply = actor.ask(EncodeCookie(session.session_id, session._record(), lifetime))
             return _then(reply, lambda value: self._encoded(session, handler, value))
-        message = Release(session.session_id, session.changes(), lifetime)
+        message = Release(self._key(session.session_id), session.changes(), lifetime)
         if self._in_process:
             if actor.idle:
                 actor.call_now(message)
@@ -571,7 +595,10 @@ class SessionManager:
         # A cookie with a Max-Age slides with use (gorilla re-sends it on every save),
         # so a "remember me" cookie expires max-age after the last change, like the record.
         if handler is not None and (
-            reissue or self.config.cookie_lifetime > 0 or (session.expiry or 0) > 0
+            reissue
+            or self.config.cookie_lifetime > 0
+            or (session.expiry or 0) > 0
+            or session.expires_at is not None
         ):
             self._issue(handler, session)
 
@@ -586,7 +613,7 @@ class SessionManager:
     async def _destroy_session(self, session: Session, handler: RequestHandler | None) -> None:
         stored = not session.is_new
         if not self._client_side and stored:  # a new session was never stored
-            await self._ask(Destroy(session.session_id))
+            await self._ask(Destroy(self._key(session.session_id)))
         session._mark_destroyed()
         # Expire the browser's cookie if it may hold one: a stored session's, an eager
         # new one's, or whatever (unknown, malformed) cookie of ours the request carried.
@@ -618,7 +645,7 @@ class SessionManager:
         new = self.new_sid()
         stored = not session.is_new
         if not self._client_side and stored:  # a never-saved session has nothing to move
-            await self._ask(Regenerate(old, new))
+            await self._ask(Regenerate(self._key(old), self._key(new)))
         session._rebind(new)
         if self._client_side:
             if stored:
@@ -644,7 +671,7 @@ class SessionManager:
         """The stored data of *sid* (without a request), or ``None``; for admin tools and tests."""
         if not self.valid_sid(sid):
             return None
-        data: dict[Any, Any] | None = await self._ask(Read(sid))
+        data: dict[Any, Any] | None = await self._ask(Read(self._key(sid)))
         if data is not None:
             data.pop(META_KEY, None)
         return data

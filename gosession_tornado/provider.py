@@ -50,6 +50,7 @@ __all__ = [
     "SessionData",
     "DecodedCookie",
     "NOW_KINDS",
+    "add_delta",
 ]
 
 SessionData = dict[Any, Any]
@@ -67,14 +68,22 @@ class DecodedCookie(NamedTuple):
     reissue: bool = False
 
 
+def add_delta(current: Any, delta: int) -> int:
+    """*current* + *delta* for an increment: a missing or non-int *current* counts as 0."""
+    if isinstance(current, bool) or not isinstance(current, int):
+        return delta
+    return current + delta
+
+
 class Changes:
     """What one request did to a session: the delta a release applies.
 
     Applying it to the stored record ``r`` means: if :attr:`flushed`, clear
-    ``r``; then delete every key in :attr:`deleted`; then set every item of
-    :attr:`set`. Keys neither set nor deleted keep whatever value the store
-    holds *now*, which is what prevents lost updates between concurrent
-    requests.
+    ``r``; then delete every key in :attr:`deleted`; then add each delta of
+    :attr:`increments` to what ``r`` holds (see :func:`add_delta`); then set
+    every item of :attr:`set`. Keys neither set nor deleted keep whatever
+    value the store holds *now*, which is what prevents lost updates between
+    concurrent requests.
 
     A :class:`~gosession_tornado.Session` builds its changes from the msgpack
     bytes it made when each value was set (:meth:`Session.set
@@ -86,7 +95,7 @@ class Changes:
     it was last set, never an object shared with the request.
     """
 
-    __slots__ = ("_encoded", "_set", "create", "deleted", "flushed", "full")
+    __slots__ = ("_encoded", "_set", "create", "deleted", "flushed", "full", "increments")
 
     def __init__(
         self,
@@ -97,9 +106,15 @@ class Changes:
         full: dict[Any, Any] | None = None,
         *,
         encoded: dict[Any, tuple[bytes, bytes]] | None = None,
+        increments: dict[Any, tuple[bytes, int]] | None = None,
     ) -> None:
         self._set = set
         self._encoded = encoded
+        #: Keys changed by ``Session.incr``: key -> (encoded key, delta). The store
+        #: adds the delta to what it holds *now* (a missing or non-int value counts
+        #: as 0), atomically, so concurrent increments are never lost. Disjoint from
+        #: :attr:`set` and :attr:`deleted`.
+        self.increments: dict[Any, tuple[bytes, int]] = increments or {}
         #: Keys deleted during the request (and not set again afterwards).
         self.deleted = deleted
         #: ``session.flush()`` was called: clear the stored record first.
@@ -135,7 +150,7 @@ class Changes:
     @property
     def empty(self) -> bool:
         """True when applying these changes would change no stored key."""
-        if self.deleted or self.flushed:
+        if self.deleted or self.flushed or self.increments:
             return False
         return not (self._encoded if self._encoded is not None else self._set)
 
@@ -145,6 +160,8 @@ class Changes:
             data.clear()
         for key in self.deleted:
             data.pop(key, None)
+        for key, (_, delta) in self.increments.items():
+            data[key] = add_delta(data.get(key), delta)
         data.update(self.set)
         return data
 
@@ -153,6 +170,8 @@ class Changes:
             return NotImplemented
         return (
             self.set == other.set
+            and {k: d for k, (_, d) in self.increments.items()}
+            == {k: d for k, (_, d) in other.increments.items()}
             and self.deleted == other.deleted
             and self.flushed == other.flushed
             and self.create == other.create

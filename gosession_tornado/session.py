@@ -13,6 +13,8 @@ place (``session["cart"].append(x)``) is not seen; assign it again or call
 
 from __future__ import annotations
 
+import datetime
+import time
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -83,9 +85,11 @@ class Session(MutableMapping[Any, Any]):
         "_data",
         "_deleted",
         "_destroyed",
+        "_expires_at",
         "_expiry",
         "_expiry_changed",
         "_flushed",
+        "_incr",
         "_is_new",
         "_manager",
         "_regenerated",
@@ -117,6 +121,10 @@ class Session(MutableMapping[Any, Any]):
         self._is_new = is_new
         #: Seconds; ``None`` means the manager's ``max_lifetime``.
         self._expiry = expiry
+        #: Unix time (s) the session ends at, whatever its use (set_expiry(datetime/timedelta)).
+        self._expires_at: float | None = None
+        #: key -> (encoded key, delta) of the keys changed by incr() (and not set since).
+        self._incr: dict[Any, tuple[bytes, int]] = {}
         self._expiry_changed = False
         self._regenerated = False
         self._destroyed = False
@@ -134,6 +142,9 @@ class Session(MutableMapping[Any, Any]):
         expiry = meta.get("expiry")
         if self._expiry is None and isinstance(expiry, int) and not isinstance(expiry, bool) and expiry >= 0:
             self._expiry = expiry
+        expires_at = meta.get("expires_at")
+        if isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool):
+            self._expires_at = float(expires_at)
         options = meta.get("cookie")
         if isinstance(options, dict):
             for name, value in options.items():
@@ -166,9 +177,14 @@ class Session(MutableMapping[Any, Any]):
 
     @property
     def modified(self) -> bool:
-        """True if this request set, deleted or flushed keys or changed the expiry or cookie options."""
+        """True if this request set, incremented, deleted or flushed keys, or changed expiry or options."""
         return bool(
-            self._set or self._deleted or self._flushed or self._expiry_changed or self._cookie_changed
+            self._set
+            or self._incr
+            or self._deleted
+            or self._flushed
+            or self._expiry_changed
+            or self._cookie_changed
         )
 
     @property
@@ -224,6 +240,36 @@ class Session(MutableMapping[Any, Any]):
         self._accessed = True
         return self._data.get(key, default)
 
+    def incr(self, key: Any, delta: int = 1) -> int:
+        """Add *delta* to the integer under *key* (missing: 0) and return the new value.
+
+        The value returned is the one this request sees; the release applies
+        the **delta**, atomically in the store (a server-side script, a row
+        lock, a file lock, a compare-and-swap, or the memory provider's
+        actor), so concurrent requests incrementing one key lose no
+        increment. If the key was set or deleted earlier in the same request,
+        the new value is simply set. On the ``cookie`` provider the increment
+        is local to the request, like every change there.
+
+        :raises TypeError: if *delta* is not an int, or *key* holds something
+            other than an int.
+        """
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError(f"incr() takes an int delta, got {delta!r}")
+        current = self._data.get(key, 0)
+        if isinstance(current, bool) or not isinstance(current, int):
+            raise TypeError(f"session key {key!r} holds a {type(current).__name__}, not an int")
+        value = current + delta
+        if key in self._set or key in self._deleted or self._flushed:
+            self.set(key, value)  # an absolute write is pending anyway
+            return value
+        kb, _ = codec.encode_item(key, value)  # checks the key and that the sum fits in 64 bits
+        self._accessed = True
+        pending = self._incr.get(key)
+        self._incr[key] = (kb, delta + (pending[1] if pending else 0))
+        self._data[key] = value
+        return value
+
     def set(self, key: Any, value: Any) -> None:
         """Set *key* to *value* (beego's ``Set``).
 
@@ -239,6 +285,8 @@ class Session(MutableMapping[Any, Any]):
         self._accessed = True
         self._set[key] = codec.encode_item(key, value)
         self._data[key] = value
+        if self._incr:
+            self._incr.pop(key, None)
         if self._deleted:
             self._deleted.discard(key)
 
@@ -249,6 +297,8 @@ class Session(MutableMapping[Any, Any]):
             return  # reserved, never visible: nothing to delete
         self._data.pop(key, None)
         self._set.pop(key, None)
+        if self._incr:
+            self._incr.pop(key, None)
         self._deleted.add(key)
 
     def flush(self) -> None:
@@ -256,6 +306,7 @@ class Session(MutableMapping[Any, Any]):
         self._accessed = True
         self._data.clear()
         self._set.clear()
+        self._incr.clear()
         self._deleted.clear()
         self._flushed = True
 
@@ -300,26 +351,95 @@ class Session(MutableMapping[Any, Any]):
 
     # ------------------------------------------------------------ expiry
 
-    def set_expiry(self, seconds: int) -> None:
-        """Set this session's lifetime ("remember me"), in seconds.
+    def set_expiry(self, value: int | datetime.timedelta | datetime.datetime | None) -> None:
+        """Set when this session ends (Django's vocabulary; gorilla's "remember me").
 
-        ``> 0``: the server keeps the session that long after its last access
-        and the cookie gets ``Max-Age=seconds``. ``0``: a browser-session
-        cookie; the server uses the manager's ``max_lifetime``. ``< 0``: the
-        session is destroyed when the request ends (gorilla's ``MaxAge < 0``).
+        * an ``int`` ``> 0``: the session ends that many seconds after its last
+          access (it slides with use) and the cookie gets ``Max-Age``;
+        * ``0``: a browser-session cookie; the server keeps the manager's
+          ``max_lifetime`` after the last access;
+        * an ``int`` ``< 0``: the session is destroyed when the request ends
+          (gorilla's ``MaxAge < 0``);
+        * a :class:`datetime.timedelta` or an aware :class:`datetime.datetime`:
+          the session ends at that moment (now + the timedelta), however much
+          it is used; one in the past destroys it when the request ends;
+        * ``None``: back to the manager's defaults (``max_lifetime``,
+          ``cookie_lifetime``).
 
-        :raises ValueError: above ``2**31 - 1`` seconds (about 68 years).
+        Every provider, the cookie provider included, keeps the choice with
+        the session, so later requests and re-issued cookies use it.
+
+        :raises TypeError: for another type, or a naive datetime.
+        :raises ValueError: for more than ``2**31 - 1`` seconds (about 68 years).
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, int):
-            raise TypeError(f"set_expiry() takes whole seconds, got {seconds!r}")
-        if seconds > MAX_COOKIE_LIFETIME:
-            raise ValueError(
-                f"set_expiry() takes at most {MAX_COOKIE_LIFETIME} seconds (about 68 years; "
-                f"browsers keep a cookie 400 days at most), got {seconds}"
+        expires_at: float | None = None
+        if value is None:
+            seconds: int | None = None
+        elif isinstance(value, (datetime.datetime, datetime.timedelta)):
+            if isinstance(value, datetime.datetime):
+                if value.tzinfo is None or value.utcoffset() is None:
+                    raise TypeError(
+                        "set_expiry() takes an aware datetime (e.g. tzinfo=datetime.timezone.utc), "
+                        f"got the naive {value!r}"
+                    )
+                expires_at = value.timestamp()
+            else:
+                expires_at = time.time() + value.total_seconds()
+            remaining = expires_at - time.time()
+            if remaining > MAX_COOKIE_LIFETIME:
+                raise ValueError(f"set_expiry() takes at most {MAX_COOKIE_LIFETIME} seconds from now")
+            seconds = None if remaining > 0 else -1
+            if seconds is not None:
+                expires_at = None  # already over: destroyed at the end of the request
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"set_expiry() takes seconds (int), a timedelta, an aware datetime or None, got {value!r}"
             )
+        else:
+            if value > MAX_COOKIE_LIFETIME:
+                raise ValueError(
+                    f"set_expiry() takes at most {MAX_COOKIE_LIFETIME} seconds (about 68 years; "
+                    f"browsers keep a cookie 400 days at most), got {value}"
+                )
+            seconds = value
         self._expiry = seconds
+        self._expires_at = expires_at
         self._expiry_changed = True
         self._accessed = True
+
+    def get_expiry_age(self) -> int:
+        """Seconds until this session ends if it is not used again (Django's ``get_expiry_age``).
+
+        For a browser-session cookie (``set_expiry(0)``) this is how long the
+        server keeps it: the manager's ``max_lifetime``.
+        """
+        if self._expires_at is not None:
+            return max(0, int(self._expires_at - time.time()))
+        if self._expiry is not None and self._expiry > 0:
+            return self._expiry
+        if self._expiry is not None and self._expiry < 0:
+            return 0
+        return self._manager.config.max_lifetime if self._manager is not None else 3600
+
+    def get_expiry_date(self) -> datetime.datetime:
+        """When this session ends if it is not used again, as an aware UTC datetime."""
+        if self._expires_at is not None:
+            return datetime.datetime.fromtimestamp(self._expires_at, datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return now + datetime.timedelta(seconds=self.get_expiry_age())
+
+    def get_expire_at_browser_close(self) -> bool:
+        """True if the session's cookie dies with the browser session (no ``Max-Age``)."""
+        if self._expires_at is not None:
+            return False
+        if self._expiry is not None:
+            return self._expiry == 0
+        return self._manager is None or self._manager.config.cookie_lifetime <= 0
+
+    @property
+    def expires_at(self) -> float | None:
+        """The Unix time (s) this session ends at, when ``set_expiry`` gave a moment; else ``None``."""
+        return self._expires_at
 
     # ------------------------------------------------------------ cookie options
 
@@ -368,6 +488,8 @@ class Session(MutableMapping[Any, Any]):
         meta: dict[str, Any] = {}
         if self._expiry is not None and self._expiry >= 0:
             meta["expiry"] = self._expiry
+        if self._expires_at is not None:
+            meta["expires_at"] = self._expires_at
         if self._cookie_options:
             meta["cookie"] = dict(self._cookie_options)
         return meta
@@ -395,6 +517,7 @@ class Session(MutableMapping[Any, Any]):
             flushed=self._flushed,
             create=self._is_new,
             encoded=changed,
+            increments=dict(self._incr) if self._incr else None,
         )
 
     def needs_save(self) -> bool:
@@ -403,6 +526,7 @@ class Session(MutableMapping[Any, Any]):
             return False
         return bool(
             self._set
+            or self._incr
             or self._deleted
             or self._flushed
             or self._expiry_changed
@@ -427,6 +551,7 @@ class Session(MutableMapping[Any, Any]):
 
     def _mark_saved(self) -> None:
         self._set.clear()
+        self._incr.clear()
         self._deleted.clear()
         self._flushed = False
         self._expiry_changed = False

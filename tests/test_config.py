@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "provider_timeout": 5.0,
     "key_prefix": "gosession:",
     "eager_new_sessions": False,
+    "hash_session_ids": False,
 }
 
 #: (snake_case key, beego spelling, a valid non-default value)
@@ -68,6 +69,7 @@ KEYS: list[tuple[str, str, Any]] = [
     ("provider_timeout", "providerTimeout", 0.5),
     ("key_prefix", "keyPrefix", "app:"),
     ("eager_new_sessions", "eagerNewSessions", True),
+    ("hash_session_ids", "hashSessionIDs", True),
 ]
 
 
@@ -342,7 +344,8 @@ def test_second_positional_of_wrong_type() -> None:
 # ---------------------------------------------------------------- types
 
 _BOOL_KEYS = ["enable_set_cookie", "secure", "http_only", "partitioned",
-              "enable_sid_in_http_header", "enable_sid_in_url_query", "eager_new_sessions"]
+              "enable_sid_in_http_header", "enable_sid_in_url_query", "eager_new_sessions",
+              "hash_session_ids"]
 _INT_KEYS = ["gc_lifetime", "max_lifetime", "cookie_lifetime", "session_id_length"]
 _STR_KEYS = ["provider", "cookie_name", "domain", "path", "session_id_prefix",
              "session_name_in_http_header", "key_prefix"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import decimal
+import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -537,3 +539,104 @@ async def test_http_values_nest_alike_on_every_provider(manager_factory: Manager
     assert tornado.escape.json_decode((await client.fetch("/read-deep")).body) == {"depth": 600}
     refused = await client.fetch("/deep?depth=1001")
     assert tornado.escape.json_decode(refused.body) == {"refused": True}  # at set(), naming the key
+
+
+# ---------------------------------------------------------------- parity (issue 10)
+
+
+class Incr(SessionMixin, tornado.web.RequestHandler):
+    async def get(self) -> None:
+        self.write({"n": self.session.incr("n", int(self.get_argument("by", "1")))})
+
+
+class Expire(SessionMixin, tornado.web.RequestHandler):
+    """``?in=<seconds>`` (a timedelta), ``?at=<unix time>`` (a datetime) or ``?none=1``."""
+
+    async def get(self) -> None:
+        s = self.session
+        s["user"] = "ann"
+        if self.get_argument("in", ""):
+            s.set_expiry(datetime.timedelta(seconds=float(self.get_argument("in"))))
+        elif self.get_argument("at", ""):
+            when = datetime.datetime.fromtimestamp(float(self.get_argument("at")), datetime.timezone.utc)
+            s.set_expiry(when)
+        elif self.get_argument("none", ""):
+            s.set_expiry(None)
+        self.write({
+            "age": s.get_expiry_age(),
+            "date": s.get_expiry_date().timestamp(),
+            "browser_close": s.get_expire_at_browser_close(),
+        })
+
+
+def parity_handlers() -> list[Any]:
+    return [*lifecycle_handlers(), ("/incr", Incr), ("/expire", Expire)]
+
+
+async def test_http_concurrent_increments_of_one_key_lose_none(
+    manager_factory: ManagerFactory, serve: Any
+) -> None:
+    m = await manager_factory()
+    client = await serve(parity_handlers(), session_manager=m)
+    assert tornado.escape.json_decode((await client.fetch("/incr")).body) == {"n": 1}
+    if manager_factory.client_side:
+        # the whole session travels in the cookie: an increment is local to its request
+        assert tornado.escape.json_decode((await client.fetch("/incr?by=5")).body) == {"n": 6}
+        return
+    results = await asyncio.gather(*(client.fetch("/incr") for _ in range(64)))
+    assert all(r.code == 200 for r in results)
+    seen = sorted(tornado.escape.json_decode(r.body)["n"] for r in results)
+    assert seen[-1] <= 65 and seen[0] >= 2  # each saw its own increment on some state
+    assert tornado.escape.json_decode((await client.fetch("/incr?by=0")).body) == {"n": 65}
+
+
+async def test_http_set_expiry_with_a_timedelta_ends_the_session_however_used(
+    manager_factory: ManagerFactory, serve: Any
+) -> None:
+    m = await manager_factory()
+    client = await serve(parity_handlers(), session_manager=m)
+    body = tornado.escape.json_decode((await client.fetch("/expire?in=2")).body)
+    assert 0 <= body["age"] <= 2 and body["browser_close"] is False
+    cookie = session_cookies(await client.fetch("/set/again"), m)
+    assert cookie and "Max-Age=" in cookie[-1]  # the cookie ends then too
+    max_age = int(cookie[-1].split("Max-Age=")[1].split(";")[0])
+    assert 1 <= max_age <= 2
+    for _ in range(4):  # used all the time, it still ends on time
+        await asyncio.sleep(0.6)
+        await client.fetch("/peek")
+    keys = tornado.escape.json_decode((await client.fetch("/dump")).body)["keys"]
+    assert keys == []  # a fresh session: the old one ended
+
+
+async def test_http_set_expiry_with_a_datetime_and_back_to_the_default(
+    manager_factory: ManagerFactory, serve: Any
+) -> None:
+    m = await manager_factory()
+    client = await serve(parity_handlers(), session_manager=m)
+    at = time.time() + 3600
+    body = tornado.escape.json_decode((await client.fetch(f"/expire?at={at}")).body)
+    assert abs(body["date"] - at) < 2 and 3590 <= body["age"] <= 3600
+    body = tornado.escape.json_decode((await client.fetch("/expire?none=1")).body)
+    assert body["age"] == m.config.max_lifetime
+    assert body["browser_close"] is (m.config.cookie_lifetime == 0)
+    past = tornado.escape.json_decode((await client.fetch(f"/expire?at={time.time() - 5}")).body)
+    assert past["age"] == 0
+    assert tornado.escape.json_decode((await client.fetch("/dump")).body)["keys"] == []  # destroyed
+
+
+async def test_hashed_session_ids_keep_no_id_in_the_store(server_factory: ManagerFactory, serve: Any) -> None:
+    m = await server_factory(hash_session_ids=True)
+    client = await serve(parity_handlers(), session_manager=m)
+    await client.fetch("/set/a")
+    sid = client.cookies[m.config.cookie_name]
+    digest = hashlib.sha256(sid.encode()).hexdigest()
+    assert await ask(m, Exist(sid)) is False  # the store never saw the id...
+    assert await ask(m, Exist(digest)) is True  # ...only its hash
+    assert await m.read(sid) == {"a": True}  # admin calls take the real id
+    assert await m.get_active_sessions() == 1
+    login = tornado.escape.json_decode((await client.fetch("/login")).body)  # regenerate
+    assert await ask(m, Exist(digest)) is False
+    assert await ask(m, Exist(hashlib.sha256(login["sid"].encode()).hexdigest())) is True
+    assert tornado.escape.json_decode((await client.fetch("/dump")).body)["keys"] == ["a", "user"]
+    await client.fetch("/logout")
+    assert await m.get_active_sessions() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -278,7 +279,7 @@ def test_the_reserved_meta_key_cannot_be_set() -> None:
         s[META_KEY] = 1
 
 
-@pytest.mark.parametrize("bad", [1.5, "60", True, None])
+@pytest.mark.parametrize("bad", [1.5, "60", True])  # None: back to the defaults (issue 10)
 def test_set_expiry_takes_whole_seconds(bad: Any) -> None:
     with pytest.raises(TypeError, match="seconds"):
         Session(None, SID).set_expiry(bad)
@@ -396,3 +397,89 @@ async def test_release_of_a_destroyed_session_does_not_resurrect_it(manager: Ses
     other["late"] = 1
     await other.release()
     assert await manager.read(s.session_id) is None
+
+
+# ---------------------------------------------------------------- incr and Django's expiry vocabulary
+
+
+def test_incr_returns_the_value_and_records_the_delta() -> None:
+    s = Session(None, "0" * 32, {"n": 5})
+    assert s.incr("n") == 6
+    assert s.incr("n", 10) == 16
+    assert s.incr("fresh", -2) == -2
+    ch = s.changes()
+    assert {k: d for k, (_, d) in ch.increments.items()} == {"n": 11, "fresh": -2}
+    assert ch.set == {} and not ch.empty and s.modified
+    stored = {"n": 100, "other": 1}
+    assert ch.apply(stored) == {"n": 111, "other": 1, "fresh": -2}  # the delta, on what the store has
+
+
+def test_incr_after_a_set_or_delete_is_a_set_and_a_set_after_incr_wins() -> None:
+    s = Session(None, "0" * 32, {"n": 5, "m": 1})
+    s["n"] = 7
+    assert s.incr("n") == 8
+    del s["m"]
+    assert s.incr("m") == 1
+    s.incr("k")
+    s["k"] = 42
+    ch = s.changes()
+    assert ch.increments == {}
+    assert ch.set == {"n": 8, "m": 1, "k": 42}
+
+
+@pytest.mark.parametrize("bad", [1.5, "1", True, None])
+def test_incr_refuses_a_non_int_delta(bad: Any) -> None:
+    with pytest.raises(TypeError):
+        Session(None, "0" * 32).incr("n", bad)
+
+
+def test_incr_refuses_a_non_int_value_and_an_overflow() -> None:
+    s = Session(None, "0" * 32, {"name": "ann", "flag": True, "big": 2**64 - 1})
+    with pytest.raises(TypeError, match="'name' holds a str"):
+        s.incr("name")
+    with pytest.raises(TypeError, match="'flag'"):
+        s.incr("flag")
+    with pytest.raises(TypeError):
+        s.incr("big")
+    assert not s.modified
+
+
+def test_set_expiry_vocabulary() -> None:
+    s = Session(None, "0" * 32)
+    assert s.get_expiry_age() == 3600 and s.get_expire_at_browser_close()
+    s.set_expiry(600)
+    assert s.get_expiry_age() == 600 and not s.get_expire_at_browser_close()
+    s.set_expiry(0)
+    assert s.get_expire_at_browser_close() and s.get_expiry_age() == 3600
+    s.set_expiry(datetime.timedelta(minutes=5))
+    assert 298 <= s.get_expiry_age() <= 300 and not s.get_expire_at_browser_close()
+    assert s.expires_at is not None and s.expiry is None
+    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
+    s.set_expiry(when)
+    assert s.get_expiry_date() == when.astimezone(datetime.timezone.utc)
+    assert s.get_expiry_date().tzinfo is not None
+    s.set_expiry(None)
+    assert s.expiry is None and s.expires_at is None and s.get_expiry_age() == 3600
+    s.set_expiry(datetime.timedelta(seconds=-1))
+    assert s.expiry == -1 and s.get_expiry_age() == 0  # ended: destroyed at release
+
+
+def test_set_expiry_refuses_a_naive_datetime_and_other_types() -> None:
+    s = Session(None, "0" * 32)
+    with pytest.raises(TypeError, match="aware"):
+        s.set_expiry(datetime.datetime.now())
+    for bad in ("60", 1.5, True, [60]):
+        with pytest.raises(TypeError):
+            s.set_expiry(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at most"):
+        s.set_expiry(datetime.timedelta(days=365 * 100))
+
+
+async def test_the_moment_is_kept_by_later_requests(manager: SessionManager) -> None:
+    s = await stored_session(manager, a=1)
+    when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    s.set_expiry(when)
+    await s.release()
+    again = await manager.session_start(make_handler(f"sid={s.session_id}"))
+    assert again.get_expiry_date() == when.astimezone(datetime.timezone.utc)
+    assert releases(manager)[-1].expiry <= 3600  # the store keeps it no longer than that
