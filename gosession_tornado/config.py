@@ -23,6 +23,7 @@ in **seconds**.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 import warnings
@@ -286,6 +287,14 @@ def build_config(*args: Any, **kwargs: Any) -> ManagerConfig:
     return _from_mapping(raw)
 
 
+def _unknown_key_message(key: str) -> str:
+    """The warning for unknown *key*: the closest known key if one is close, else the list."""
+    close = difflib.get_close_matches(normalize_key(key), list(_ALIASES), n=1, cutoff=0.75)
+    if close:
+        return f"unknown session config key {key!r} ignored; did you mean {_ALIASES[close[0]]!r}?"
+    return f"unknown session config key {key!r} ignored (known keys: {', '.join(sorted(_FIELD_TYPES))})"
+
+
 def _from_mapping(raw: Mapping[str, Any]) -> ManagerConfig:
     values: dict[str, Any] = {}
     seen_keys: dict[str, str] = {}
@@ -310,12 +319,7 @@ def _from_mapping(raw: Mapping[str, Any]) -> ManagerConfig:
             continue
         field = _ALIASES.get(norm)
         if field is None:
-            warnings.warn(
-                f"unknown session config key {key!r} ignored (known keys: "
-                f"{', '.join(sorted(_FIELD_TYPES))})",
-                UserWarning,
-                stacklevel=4,
-            )
+            warnings.warn(_unknown_key_message(key), UserWarning, stacklevel=4)
             continue
         if value is None and field != "provider_config":
             continue  # JSON null means "default"

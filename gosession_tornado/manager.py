@@ -27,7 +27,7 @@ import secrets
 import time
 import warnings
 from collections.abc import Callable, Generator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from tornado.ioloop import PeriodicCallback
 
@@ -218,10 +218,63 @@ class SessionManager:
         SessionManager("redis", {"cookie_name": "sid", "provider_config": "127.0.0.1:6379,100,"})
         SessionManager("memory", cookie_name="sid", max_lifetime=600)
 
+    The keyword form is typed (one parameter per
+    :class:`~gosession_tornado.config.ManagerConfig` field, snake_case), so a
+    type checker reports a misspelt key; at run time an unknown key (from a
+    dict or a JSON string) is ignored with a warning that suggests the closest
+    known one.
+
     :raises ConfigError: for a bad configuration.
     :raises UnknownProviderError: for an unknown provider name, or a built-in
         whose client library is not installed.
     """
+
+    @overload
+    def __init__(
+        self,
+        provider: str | Mapping[str, Any] | ManagerConfig = "memory",
+        config: str | Mapping[str, Any] | None = None,
+        /,
+        *,
+        cookie_name: str = ...,
+        enable_set_cookie: bool = ...,
+        gc_lifetime: int = ...,
+        max_lifetime: int = ...,
+        cookie_lifetime: int = ...,
+        provider_config: Any = ...,
+        domain: str = ...,
+        path: str = ...,
+        secure: bool = ...,
+        http_only: bool = ...,
+        same_site: str | int = ...,
+        partitioned: bool = ...,
+        session_id_length: int = ...,
+        session_id_prefix: str = ...,
+        enable_sid_in_http_header: bool = ...,
+        session_name_in_http_header: str = ...,
+        enable_sid_in_url_query: bool = ...,
+        provider_timeout: float = ...,
+        key_prefix: str = ...,
+        eager_new_sessions: bool = ...,
+        hash_session_ids: bool = ...,
+    ) -> None:
+        """``SessionManager("memory", cookie_name="sid")``, ``SessionManager("file", '{"cookieName": ...}')``,
+        ``SessionManager("redis", {"cookie_name": ...})`` or ``SessionManager({"provider": ...})``."""
+
+    @overload
+    def __init__(
+        self,
+        provider: str,
+        cookie_name: str,
+        max_lifetime: int,
+        provider_config: Any,
+        secure: bool = ...,
+        hash_func: str = ...,
+        hash_key: str = ...,
+        cookie_lifetime: int = ...,
+        /,
+    ) -> None:
+        """beego's ``NewManager`` positional forms (seeds 000 and 004)."""
 
     def __init__(self, provider: Any = "memory", *args: Any, **kwargs: Any) -> None:
         self.config: ManagerConfig = build_config(provider, *args, **kwargs)

@@ -410,3 +410,22 @@ def test_config_is_frozen() -> None:
 def test_header_name_falls_back_to_cookie_name() -> None:
     assert build_config("memory", cookie_name="sid").header_name == "sid"
     assert build_config("memory", session_name_in_http_header="X-S").header_name == "X-S"
+
+
+def test_the_typed_keyword_form_names_every_config_field() -> None:
+    import inspect
+    import typing
+
+    keyword_form = typing.get_overloads(SessionManager.__init__)[0]
+    params = inspect.signature(keyword_form).parameters
+    keywords = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert keywords == set(DEFAULTS) - {"provider"}
+
+
+def test_an_unknown_key_warning_suggests_the_closest_known_key() -> None:
+    with pytest.warns(UserWarning, match="did you mean 'cookie_name'"):
+        build_config("memory", cookie_nmae="sid")
+    with pytest.warns(UserWarning, match="did you mean 'gc_lifetime'"):
+        build_config("memory", '{"gcLifeTim": 5}')
+    with pytest.warns(UserWarning, match="known keys"):
+        build_config("memory", {"zzz": 1})
