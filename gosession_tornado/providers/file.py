@@ -347,7 +347,7 @@ def _ofd_lock(fd: int, arg: bytes) -> bool:
 def _exchange(dfd: int, a: str, b: str) -> None:
     """Swap the names *a* and *b* in directory *dfd* atomically."""
     assert _renameat2 is not None
-    if _renameat2(dfd, os.fsencode(a), dfd, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+    if _renameat2(dfd, a.encode(), dfd, b.encode(), _RENAME_EXCHANGE) != 0:  # names are ASCII
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), a)
 
@@ -547,7 +547,9 @@ class _Store:
             raise
 
     def _where(self, sid: str) -> str:
-        return os.path.join(self.save_path, sid[0], sid[1], sid)
+        # (== os.path.join(save_path, sid[0], sid[1], sid): save_path is absolute, the
+        # sid validated; built for every operation, so without join's overhead)
+        return f"{self.save_path}{os.sep}{sid[0]}{os.sep}{sid[1]}{os.sep}{sid}"
 
     def _lock(self, fd: int, where: str, deadline: float) -> None:
         delay = 0.0005
