@@ -40,6 +40,7 @@ from .provider import (
     All,
     DecodeCookie,
     Destroy,
+    Exist,
     EncodeCookie,
     Message,
     Provider,
@@ -728,6 +729,20 @@ class SessionManager:
         if data is not None:
             data.pop(META_KEY, None)
         return data
+
+    async def destroy(self, sid: str) -> bool:
+        """Delete the stored session *sid* without a request (for admin tools); True if it existed.
+
+        A malformed id, or one the store does not know, gives False. Client-side
+        providers keep nothing on the server: always False.
+        """
+        if self._client_side or not self.valid_sid(sid):
+            return False
+        key = self._key(sid)
+        existed = bool(await self._ask(Exist(key)))
+        if existed:
+            await self._ask(Destroy(key))
+        return existed
 
     def set_secure(self, secure: bool) -> None:
         """Turn the cookie's ``Secure`` attribute on or off (beego's ``SetSecure``)."""

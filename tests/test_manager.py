@@ -460,3 +460,11 @@ async def test_awaiting_stats_does_not_start_a_stopped_manager() -> None:
     assert stats["active_sessions"] is None
     assert stats["active_sessions_error"] == "session manager is not started"
     assert not m.started
+
+
+async def test_destroy_by_id_without_a_request(m: SessionManager) -> None:
+    sid = await new_stored(m, a=1)
+    assert await m.destroy(sid) is True
+    assert await m.read(sid) is None
+    assert await m.destroy(sid) is False  # already gone
+    assert await m.destroy("not-a-session-id") is False
