@@ -495,10 +495,11 @@ class SessionManager:
         ):
             handler.set_header(self.config.header_name, session.session_id)
         state.cookie_issued.add(id(session))
-        state.vary.update(self._vary_names())
+        state.vary.update(self.vary_names)
 
-    def _vary_names(self) -> tuple[str, ...]:
-        """Request headers a response that used this manager's session depends on."""
+    @property
+    def vary_names(self) -> tuple[str, ...]:
+        """Request headers a response that used this manager's session depends on (for ``Vary``)."""
         if self.config.enable_sid_in_http_header and not self._client_side:
             return ("Cookie", self.config.header_name)
         return ("Cookie",)
@@ -508,7 +509,7 @@ class SessionManager:
             return
         state = request_state(handler)
         state.cookies[self.config.cookie_name] = self._expire_header(session)
-        state.vary.update(self._vary_names())
+        state.vary.update(self.vary_names)
         apply_cookies(handler)
 
     # ------------------------------------------------------------ sessions
@@ -706,7 +707,7 @@ class SessionManager:
                 session._save_if_unmodified = True  # the cookie must be re-issued
         elif stored or id(session) in request_state(handler).cookie_issued:
             self._issue(handler, session)  # the old id is dead: the browser needs the new one
-        request_state(handler).vary.update(self._vary_names())
+        request_state(handler).vary.update(self.vary_names)
         return session
 
     # ------------------------------------------------------------ admin

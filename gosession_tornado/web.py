@@ -275,31 +275,23 @@ class SessionMixin(_Base):
         state: _RequestState | None = getattr(self, _STATE_ATTR, None)
         if state is None or self._headers_written:
             return
-        names = set(state.vary)
+        names = state.vary
         for session in state.sessions.values():
             if session.accessed and session.manager is not None:
-                names.update(session.manager._vary_names())
+                names.update(session.manager.vary_names)
         if not names:
             return
-        tokens = [t.strip() for h in self._headers.get_list("Vary") for t in h.split(",") if t.strip()]
+        headers = self._headers
+        if "Vary" not in headers:
+            headers["Vary"] = ", ".join(sorted(names))
+            return
+        tokens = [t.strip() for h in headers.get_list("Vary") for t in h.split(",") if t.strip()]
         have = {t.lower() for t in tokens}
         if "*" in have:
             return
         missing = [n for n in sorted(names) if n.lower() not in have]
         if missing:
             self.set_header("Vary", ", ".join(tokens + missing))
-
-    def _gs_unsaved(self) -> list[Session]:
-        if self._gs_failed:
-            return []  # the response is the error page now; nothing is retried
-        state: _RequestState | None = getattr(self, _STATE_ATTR, None)
-        if state is None:
-            return []  # no session was touched
-        return [
-            s
-            for s in state.sessions.values()
-            if s.needs_save() or (s.expiry is not None and s.expiry < 0 and not s.destroyed)
-        ]
 
     async def _gs_release_all(self) -> None:
         sessions = self._gs_unsaved()
