@@ -821,15 +821,26 @@ async def test_a_spare_a_reader_still_holds_is_not_rewritten(
 
 
 @needs_exchange
+@pytest.mark.parametrize("reader_mode", ["exchange", "rename"])
 async def test_reads_never_see_a_spare_being_rewritten(
-    make_provider: ProviderMaker, tmp_path: pathlib.Path
+    make_provider: ProviderMaker,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reader_mode: str,
 ) -> None:
     p = await make_provider()
     sid = new_sid()
     await p.session_release(sid, create(v=0), 3600)
     path = tmp_path / "s" / sid[0] / sid[1] / sid
-    store = p._store
-    assert store is not None
+    if reader_mode == "rename":  # a process in rename mode pins too (where OFD locks exist)
+        with monkeypatch.context() as m:
+            m.setattr(file_module, "probe_exchange", lambda directory: False)
+            reader = await make_provider()
+        assert not reader.exchange_mode
+    else:
+        reader = p
+    store = reader._store
+    assert store is not None and store.pin
     dfd = store.shard_fd(sid, create=False)
     assert dfd is not None
     # A reader opened the current file; then a save exchanged it out and the next save
@@ -847,12 +858,12 @@ async def test_reads_never_see_a_spare_being_rewritten(
             fd, st = opened
             os.close(fd)
             assert st.st_ino == path.stat().st_ino
-            assert await p.session_read(sid) == {"v": 1}
+            assert await reader.session_read(sid) == {"v": 1}
         finally:
             os.close(writer)
         # Pinned after the rewrite finished but not renamed back: the name check catches it.
         assert file_module._ofd_lock(stale, file_module._PIN)
-        assert await p.session_read(sid) == {"v": 1}
+        assert await reader.session_read(sid) == {"v": 1}
     finally:
         os.close(stale)
 

@@ -416,6 +416,9 @@ class _Store:
         self.gc_budget = gc_budget
         #: Rewrite sessions through their spare file and RENAME_EXCHANGE (see above).
         self.exchange = exchange
+        #: Pin what lock-free reads read (OFD read lock): needed when any process
+        #: sharing the directory may be in exchange mode.
+        self.pin = exchange or _F_OFD_SETLK is not None
         #: (shard1, shard2) where the last GC pass stopped for lack of time, or None.
         self.gc_cursor: tuple[str, str] | None = None
         self._root: int | None = None
@@ -621,10 +624,11 @@ class _Store:
     ) -> tuple[int, os.stat_result] | None:
         """The session file *name* for a lock-free read, and its stat; ``None`` if there is none.
 
-        In exchange mode the file is pinned (an OFD read lock) and checked to
-        still be the one *name* names, so it holds one complete version that
-        cannot be rewritten while it is open. Otherwise files are never
-        written in place and the open file is enough.
+        Where OFD locks exist the file is pinned (an OFD read lock) and
+        checked to still be the one *name* names, so it holds one complete
+        version that an exchange-mode process (this one or another) cannot
+        rewrite while it is open. Without them nothing rewrites files in
+        place and the open file is enough.
 
         :raises UnsafePathError: if *name* is a symlink or not a regular file.
         """
@@ -635,15 +639,19 @@ class _Store:
             if fd is None:
                 return None
             try:
-                if not self.exchange:
+                if not self.pin:
                     st = os.fstat(fd)
                     _check_regular(st, where)
                     return fd, st
                 try:
                     pinned = _ofd_lock(fd, _PIN)
                 except OSError:
-                    _check_regular(os.fstat(fd), where)
-                    raise
+                    st = os.fstat(fd)
+                    _check_regular(st, where)
+                    if self.exchange:
+                        raise
+                    self.pin = False  # no OFD locks on this filesystem, so no exchange mode either
+                    return fd, st
                 if pinned:
                     st = os.fstat(fd)
                     _check_regular(st, where)
