@@ -580,6 +580,97 @@ async def test_cross_process_updates_lose_nothing(shared: tuple[str, aioredis.Re
         assert data == {f"{tag}{i}": i for tag in ("a", "b") for i in range(60)}
 
 
+INCR_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from gosession_tornado import Session, SessionManager
+
+    async def main(prefix, port, sid, n):
+        m = SessionManager({"provider": "redis", "cookie_name": "sid",
+                            "provider_config": f"127.0.0.1:{port},8,", "key_prefix": prefix})
+        async with m:
+            async def one():
+                data = await m.read(sid)
+                assert data is not None, "session vanished"
+                s = Session(m, sid, data)
+                s.incr("n", 2)
+                s.incr("m", -1)
+                await s.release()
+            for _ in range(0, n, 10):
+                await asyncio.gather(*(one() for _ in range(10)))
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])))
+    """
+)
+
+
+async def test_cross_process_increments_lose_none(shared: tuple[str, aioredis.Redis]) -> None:
+    prefix, _ = shared
+    async with manager(prefix) as m:
+        sid = m.new_sid()
+        await ask(m, Release(sid, create(n=1000, m=0), 600))
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", INCR_CHILD, prefix, str(PORT), sid, "60",
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for _ in range(3)
+        ]
+        outputs = [await p.communicate() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [err.decode() for _, err in outputs]
+        assert await m.read(sid) == {"n": 1000 + 3 * 60 * 2, "m": -3 * 60}
+
+
+def incr(**deltas: int) -> Changes:
+    """A release delta that increments each key by its delta."""
+    return Changes(increments={k: (codec.encode(k), d) for k, d in deltas.items()})
+
+
+async def test_increments_add_to_what_redis_holds_and_anything_else_counts_as_0(
+    shared: tuple[str, aioredis.Redis],
+) -> None:
+    prefix, client = shared
+    async with manager(prefix) as m:
+        sid = m.new_sid()
+        big = 2**40
+        await ask(m, Release(sid, create(i=5, neg=-40, big=big, f=2.0, s="7", b=True, lst=[1]), 60))
+        await client.hset(prefix + sid, codec.encode("junk"), b"\xc1\xc1")  # not msgpack at all
+        deltas = {"i": 1, "neg": -100, "big": 3, "f": 1, "s": 1, "b": 1, "lst": 1, "junk": 4, "new": -7}
+        await ask(m, Release(sid, incr(**deltas), 60))
+        raw = await client.hgetall(prefix + sid)
+        got = {codec.decode(k): codec.decode(v) for k, v in raw.items() if k != META_FIELD}
+        assert got == {
+            "i": 6, "neg": -140, "big": big + 3, "f": 1, "s": 1, "b": 1, "lst": 1, "junk": 4, "new": -7,
+        }
+        # together with sets and deletes, in one release; a flush first makes every current 0
+        await ask(m, Release(sid, Changes(set={"x": 1}, deleted=frozenset({"s"}),
+                                          increments={"i": (codec.encode("i"), 10)}), 60))
+        data = await m.read(sid)
+        assert data is not None and (data["i"], data["x"], "s" in data) == (16, 1, False)
+        await ask(m, Release(sid, Changes(flushed=True, increments={"i": (codec.encode("i"), 2)}), 60))
+        assert await m.read(sid) == {"i": 2}
+        # a destroyed session is not resurrected by a late increment
+        await ask(m, Destroy(sid))
+        await ask(m, Release(sid, incr(i=1), 60))
+        assert await client.exists(prefix + sid) == 0
+
+
+async def test_an_increment_beyond_2_53_fails_its_release_and_writes_nothing(
+    shared: tuple[str, aioredis.Redis],
+) -> None:
+    prefix, _ = shared
+    async with manager(prefix) as m:
+        sid = m.new_sid()
+        await ask(m, Release(sid, create(n=2**53 - 2, k=1), 60))
+        with pytest.raises(ProviderUnavailableError, match="2\\^53"):
+            await ask(m, Release(sid, Changes(set={"k": 2}, increments={"n": (codec.encode("n"), 5)}), 60))
+        assert await m.read(sid) == {"n": 2**53 - 2, "k": 1}  # the set of that release too
+        with pytest.raises(TypeError, match="2\\*\\*53"):
+            await ask(m, Release(sid, incr(k=2**60), 60))
+        await ask(m, Release(sid, incr(n=1), 60))
+        assert await m.read(sid) == {"n": 2**53 - 1, "k": 1}
+
+
 async def test_data_survives_closing_and_reopening(shared: tuple[str, aioredis.Redis]) -> None:
     prefix, _ = shared
     m = manager(prefix)

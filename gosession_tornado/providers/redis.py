@@ -114,6 +114,8 @@ _LUA_META = "'\\193lifetime'"  # the same bytes, as a Lua string literal
 
 #: Fields per HSET/HDEL call inside the scripts (Lua's unpack() has a stack limit).
 _CHUNK = 1000
+#: Increments (and the values they change) are exact within +-2**53 in the script's Lua numbers.
+_EXACT = 2**53
 #: Keys SCAN is asked for per call in :meth:`RedisProvider.session_all`.
 _SCAN_COUNT = 1000
 
@@ -140,8 +142,11 @@ class RedisScript:
 #   G lifetime             regenerate (2 keys, old and new): RENAME old to new (never over a
 #                          live new; an empty record if old is missing), TTL reset; the
 #                          moved fields without the lifetime field
-#   W create flushed lifetime ndel nset <ndel fields> <nset field, value items>
-#                          release: 0 (dropped: missing and not create) or 1 (applied)
+#   W create flushed lifetime ndel nset ninc <ndel fields> <nset field, value items>
+#     <ninc field, delta items>
+#                          release: 0 (dropped: missing and not create) or 1 (applied);
+#                          an increment adds its delta to the msgpack int stored now (anything
+#                          else counts as 0), exactly within +-2^53, else the op fails whole
 # Returns one reply per op, in order; an op that fails (a key of the wrong type, say)
 # answers its own error and the others go on.
 SESSION_SCRIPT = RedisScript(
@@ -172,26 +177,49 @@ local function read(key)
   return data
 end
 
-local function chunked(cmd, key, first, last)
+local function chunked(cmd, key, t, first, last)
   local i = first
   while i <= last do
     local j = math.min(i + CHUNK - 1, last)
-    redis.call(cmd, key, unpack(argv, i, j))
+    redis.call(cmd, key, unpack(t, i, j))
     i = j + 1
   end
 end
 
+local EXACT = 9007199254740992  -- 2^53: integers beyond it are not exact in Lua
+
+local function added(stored, delta)
+  local current = 0
+  local b = stored and string.byte(stored, 1)
+  if b and (b <= 0x7f or b >= 0xe0 or (b >= 0xcc and b <= 0xd3)) then  -- a msgpack int
+    local ok, n = pcall(cmsgpack.unpack, stored)
+    if ok and type(n) == 'number' then current = n end
+  end
+  local sum = current + delta
+  if math.abs(current) >= EXACT or math.abs(sum) >= EXACT then
+    error('ERR an incremented session value must stay within +-2^53')
+  end
+  return cmsgpack.pack(sum)
+end
+
 local function release(key, b)
   local lifetime = argv[b + 2]
-  if redis.call('EXISTS', key) == 0 then
-    if argv[b] ~= '1' then return 0 end
-  elseif argv[b + 1] == '1' then
-    redis.call('DEL', key)
+  local exists = redis.call('EXISTS', key) == 1
+  if not exists and argv[b] ~= '1' then return 0 end
+  local flushed = exists and argv[b + 1] == '1'
+  local first, ndel, nset, ninc = b + 6, tonumber(argv[b + 3]), tonumber(argv[b + 4]), tonumber(argv[b + 5])
+  local incs = {{}}
+  local inc = first + ndel + nset
+  for i = inc, inc + ninc - 1, 2 do  -- all computed before anything is written
+    local stored = exists and not flushed and redis.call('HGET', key, argv[i])
+    incs[#incs + 1] = argv[i]
+    incs[#incs + 1] = added(stored, tonumber(argv[i + 1]))
   end
-  local first, ndel, nset = b + 5, tonumber(argv[b + 3]), tonumber(argv[b + 4])
-  chunked('HDEL', key, first, first + ndel - 1)
+  if flushed then redis.call('DEL', key) end
+  chunked('HDEL', key, argv, first, first + ndel - 1)
   redis.call('HSET', key, META, lifetime)
-  chunked('HSET', key, first + ndel, first + ndel + nset - 1)
+  chunked('HSET', key, argv, first + ndel, inc - 1)
+  chunked('HSET', key, incs, 1, #incs)
   redis.call('EXPIRE', key, lifetime)
   return 1
 end
@@ -219,7 +247,7 @@ while a <= n do
     k, a = k + 1, a + 1
   elseif op == 'W' then
     ok, res = pcall(release, keys[k], a + 1)
-    k, a = k + 1, a + 6 + tonumber(argv[a + 4]) + tonumber(argv[a + 5])
+    k, a = k + 1, a + 7 + tonumber(argv[a + 4]) + tonumber(argv[a + 5]) + tonumber(argv[a + 6])
   elseif op == 'E' then
     ok, res = pcall(redis.call, 'EXISTS', keys[k])
     k, a = k + 1, a + 1
@@ -547,6 +575,7 @@ class RedisProvider(BatchVerbs):
         """
         deleted = changes.deleted
         items = changes.encoded_items()
+        increments = changes.increments
         argv: list[Any] = [
             b"W",
             b"1" if changes.create else b"0",
@@ -554,11 +583,16 @@ class RedisProvider(BatchVerbs):
             self._lifetime(expiry),
             len(deleted),
             2 * len(items),
+            2 * len(increments),
         ]
         if deleted:
             argv += [codec.encode(k) for k in deleted]
         for pair in items:
             argv += pair
+        for key, (field, delta) in increments.items():
+            if type(delta) is not int or not -_EXACT < delta < _EXACT:
+                raise TypeError(f"the redis store adds increments within +-2**53; {key!r} got {delta!r}")
+            argv += (field, delta)
         return argv
 
     def _regenerate_result(self, reply: Any) -> SessionData:
@@ -687,12 +721,17 @@ class RedisProvider(BatchVerbs):
         replies = await self._pipeline(commands)
         missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
         if missing:
-            log.info("redis forgot the session script (restart or SCRIPT FLUSH); loading it again")
-            loads: list[Sequence[Any]] = [("SCRIPT LOAD", s.source) for s in SCRIPTS]
-            again = await self._pipeline(loads + [commands[i] for i in missing])
-            for i, reply in zip(missing, again[len(loads) :]):
+            again = await self._reload_and_resend([commands[i] for i in missing])
+            for i, reply in zip(missing, again):
                 replies[i] = reply
         return replies
+
+    async def _reload_and_resend(self, commands: list[Sequence[Any]]) -> list[Any]:
+        """``SCRIPT LOAD`` the scripts and send *commands* again, in one round trip; their replies."""
+        log.info("redis forgot the session script (restart or SCRIPT FLUSH); loading it again")
+        loads: list[Sequence[Any]] = [("SCRIPT LOAD", s.source) for s in SCRIPTS]
+        again = await self._pipeline(loads + commands)
+        return again[len(loads) :]
 
     def _outcomes(self, ops: Sequence[_Op], replies: Sequence[Any]) -> list[Any]:
         outcomes: list[Any] = []
@@ -725,7 +764,9 @@ class RedisProvider(BatchVerbs):
                 keys += op.keys
                 argv += op.argv
             command = ("EVALSHA", _SESSION_SHA, len(keys), *keys, *argv)
-        (reply,) = await self._script_round_trip([command])
+        (reply,) = await self._pipeline((command,))
+        if isinstance(reply, rexc.NoScriptError):
+            (reply,) = await self._reload_and_resend([command])
         if isinstance(reply, BaseException):  # the script as a whole failed (e.g. READONLY, OOM)
             return [self._refused(op, reply) for op in ops]
         if not isinstance(reply, list) or len(reply) != len(ops):
@@ -768,38 +809,51 @@ class RedisProvider(BatchVerbs):
         command; ``All`` (a SCAN loop), init and close run on their own. Each
         message gets its own outcome: a bad value fails only its release.
         """
-        outcomes: list[Any] = [None] * len(messages)
-        pending: list[tuple[int, _Op]] = []
-
-        async def flush() -> None:
-            if not pending:
-                return
+        build = self.build_op
+        if len(messages) == 1:  # nothing to batch: straight to the one round trip
+            message = messages[0]
             try:
-                results = await self.run_ops([op for _, op in pending])
-            except Exception as exc:  # the round trip failed: every op in it fails
-                results = [exc] * len(pending)
-            for (index, _), result in zip(pending, results):
-                outcomes[index] = result
-            pending.clear()
-
+                op = None if isinstance(message, GC) else build(message)
+                if op is None:
+                    return [None if isinstance(message, GC) else await self.dispatch(message)]
+                return await self.run_ops((op,))
+            except Exception as exc:
+                return [exc]
+        outcomes: list[Any] = [None] * len(messages)
+        pending: list[int] = []
+        ops: list[_Op] = []
         for index, message in enumerate(messages):
             if isinstance(message, GC):
                 continue  # Redis expires keys itself; the outcome stays None
             try:
-                op = self.build_op(message)
+                op = build(message)
             except Exception as exc:  # e.g. an unserializable value: fails this message only
                 outcomes[index] = exc
                 continue
             if op is not None:
-                pending.append((index, op))
+                pending.append(index)
+                ops.append(op)
                 continue
-            await flush()
+            await self._flush(pending, ops, outcomes)
             try:
                 outcomes[index] = await self.dispatch(message)
             except Exception as exc:
                 outcomes[index] = exc
-        await flush()
+        await self._flush(pending, ops, outcomes)
         return outcomes
+
+    async def _flush(self, pending: list[int], ops: list[_Op], outcomes: list[Any]) -> None:
+        """Run *ops* (the messages at *pending* positions) in one round trip; empty both lists."""
+        if not ops:
+            return
+        try:
+            results = await self.run_ops(ops)
+        except Exception as exc:  # the round trip failed: every op in it fails
+            results = [exc] * len(ops)
+        for index, result in zip(pending, results):
+            outcomes[index] = result
+        pending.clear()
+        ops.clear()
 
     # ------------------------------------------------------------ beego verbs
 
