@@ -89,6 +89,7 @@ from ..provider import (
 __all__ = [
     "DEFAULT_SAVE_PATH",
     "DIR_CACHE_SECONDS",
+    "FSYNC_LANES",
     "TEMP_GRACE",
     "FileProvider",
     "InvalidSessionIdError",
