@@ -73,7 +73,6 @@ from .errors import (
     UnknownProviderError,
 )
 from .manager import SessionManager
-from .provider import Destroy
 from .registry import lookup, provider_names
 from .testing import read_session
 
@@ -190,13 +189,13 @@ def json_value(value: Any) -> Any:
         return {"$decimal": str(value)}
     if isinstance(value, uuid.UUID):
         return {"$uuid": str(value)}
+    if isinstance(value, msgpack.ExtType):  # a namedtuple: before tuple
+        return {"$ext": [value.code, base64.b64encode(value.data).decode("ascii")]}
     if isinstance(value, tuple):
         return {"$tuple": [json_value(v) for v in value]}
     if isinstance(value, (set, frozenset)):
         tag = "$frozenset" if isinstance(value, frozenset) else "$set"
         return {tag: sorted((json_value(v) for v in value), key=_sort_key)}
-    if isinstance(value, msgpack.ExtType):
-        return {"$ext": [value.code, base64.b64encode(value.data).decode("ascii")]}
     return {"$repr": repr(value)}  # nothing the codec decodes gets here
 
 
@@ -418,18 +417,24 @@ async def _count(manager: SessionManager, args: argparse.Namespace, out: TextIO)
     return EXIT_OK
 
 
+def _check_sid(manager: SessionManager, sid: str) -> None:
+    """Exit 1 unless *sid* has the shape of this configuration's ids."""
+    if manager.valid_sid(sid):
+        return
+    c = manager.config
+    prefix = f"{c.session_id_prefix!r} and " if c.session_id_prefix else ""
+    raise CommandError(
+        f"{redact(sid)!r} is not a session id of this configuration (expected {prefix}"
+        f"{c.session_id_length * 2} lowercase hex digits)",
+        EXIT_NOT_FOUND,
+    )
+
+
 async def _load(manager: SessionManager, sid: str) -> dict[Any, Any] | None:
     """The data of *sid* (a cookie value with a client-side provider), or ``None``."""
     if manager.client_side:
         return await read_session(manager, sid)
-    if not manager.valid_sid(sid):
-        c = manager.config
-        prefix = f"{c.session_id_prefix!r} and " if c.session_id_prefix else ""
-        raise CommandError(
-            f"{redact(sid)!r} is not a session id of this configuration (expected {prefix}"
-            f"{c.session_id_length * 2} lowercase hex digits)",
-            EXIT_NOT_FOUND,
-        )
+    _check_sid(manager, sid)
     return await manager.read(sid)
 
 
@@ -454,17 +459,13 @@ async def _show(manager: SessionManager, args: argparse.Namespace, out: TextIO) 
 
 async def _destroy(manager: SessionManager, args: argparse.Namespace, out: TextIO) -> int:
     try:
-        data = await _load(manager, args.sid)
+        _check_sid(manager, args.sid)
     except CommandError:
         if args.missing_ok:
             return EXIT_OK
         raise
-    if data is None:
-        if args.missing_ok:
-            return EXIT_OK
+    if not await manager.destroy(args.sid) and not args.missing_ok:
         raise _not_found(manager, args.sid)
-    # No public SessionManager.destroy(sid) yet: the same message session_destroy sends.
-    await manager._ask(Destroy(manager._key(args.sid)))
     return EXIT_OK
 
 
@@ -557,6 +558,8 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, _config_message(exc)
     if isinstance(exc, (UnknownProviderError, DuplicateProviderError)):
         return EXIT_USAGE, str(exc)
+    if isinstance(exc, NotImplementedError):  # a provider that cannot answer this command
+        return EXIT_USAGE, f"the provider cannot do this: {exc or type(exc).__name__}"
     if isinstance(exc, ProviderUnavailableError):
         return EXIT_UNAVAILABLE, str(exc)
     if isinstance(exc, (TimeoutError, ConnectionError)):
