@@ -106,9 +106,7 @@ def _offline_handler(cookie: str | None = None) -> tornado.web.RequestHandler:
     if cookie is not None:
         headers["Cookie"] = cookie
     request = tornado.httputil.HTTPServerRequest(
-        method="GET",
-        uri="/",
-        version="HTTP/1.1",
+        start_line=tornado.httputil.RequestStartLine("GET", "/", "HTTP/1.1"),
         headers=headers,
         connection=_NoConnection(),  # type: ignore[arg-type]
     )
