@@ -877,6 +877,34 @@ async def test_connection_closed_while_idle_is_replaced_without_a_failed_call(
         await admin.aclose()
 
 
+async def test_a_server_demoted_under_the_connection_is_left_for_a_new_connection(
+    private_redis: RedisServer,
+) -> None:
+    """READONLY (a failover made the server a replica; Redis keeps its clients): reconnect."""
+    admin = private_redis.client()
+    config = {"addr": f"127.0.0.1:{private_redis.port}", "client_name": "gs-demoted"}
+    try:
+        async with manager("gsd:", provider_config=config) as m:
+            sid = m.new_sid()
+            await ask(m, Release(sid, create(a=1), 60))
+            before = await client_id(admin, "gs-demoted")
+            await admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # nobody there
+            with pytest.raises(ProviderUnavailableError, match="read only replica"):
+                await m.read(sid)  # the read refreshes the TTL: a write
+            for _ in range(50):  # dropped, not kept on the replica (the close may take a moment)
+                if await client_id(admin, "gs-demoted") is None:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the connection to the demoted server was kept")
+            await admin.execute_command("REPLICAOF", "NO", "ONE")
+            assert await m.read(sid) == {"a": 1}
+            after = await client_id(admin, "gs-demoted")
+            assert after is not None and after != before
+    finally:
+        await admin.aclose()
+
+
 async def test_a_request_at_concurrency_1_is_one_round_trip_per_call(private_redis: RedisServer) -> None:
     """A read and a release per request, one after the other: one EVALSHA and one round trip each.
 

@@ -341,6 +341,8 @@ class RedisProvider(BatchVerbs):
         self.key_prefix = "gosession:"
         #: Batches (and single commands) sent to Redis since init: the number of round trips.
         self.round_trips = 0
+        #: A reply of the batch being answered was ``READONLY`` (see :meth:`_drop_connection`).
+        self._read_only = False
 
     # ------------------------------------------------------------ setup
 
@@ -738,6 +740,8 @@ class RedisProvider(BatchVerbs):
         finish = self.finish_op
         for op, reply in zip(ops, replies):
             if isinstance(reply, BaseException):
+                if isinstance(reply, rexc.ReadOnlyError):
+                    self._read_only = True
                 outcomes.append(self._refused(op, reply))
                 continue
             try:
@@ -767,12 +771,30 @@ class RedisProvider(BatchVerbs):
         (reply,) = await self._pipeline((command,))
         if isinstance(reply, rexc.NoScriptError):
             (reply,) = await self._reload_and_resend([command])
-        if isinstance(reply, BaseException):  # the script as a whole failed (e.g. READONLY, OOM)
+        if isinstance(reply, BaseException):  # the script as a whole failed (e.g. OOM)
+            if isinstance(reply, rexc.ReadOnlyError):
+                await self._drop_connection()
             return [self._refused(op, reply) for op in ops]
         if not isinstance(reply, list) or len(reply) != len(ops):
             error = self._unavailable(rexc.InvalidResponse(f"unexpected session script reply {reply!r:.80}"))
             return [error] * len(ops)
-        return self._outcomes(ops, reply)
+        outcomes = self._outcomes(ops, reply)
+        if self._read_only:
+            await self._drop_connection()
+        return outcomes
+
+    async def _drop_connection(self) -> None:
+        """Close the connection after a ``READONLY`` reply; the next batch connects again.
+
+        The server was demoted to a replica under a live connection (a
+        failover; Redis keeps its clients then). A sentinel-managed
+        connection asks the sentinels for the new master when it reconnects.
+        """
+        self._read_only = False
+        conn = self._conn
+        if conn is not None:
+            log.warning("%s answers READONLY (now a replica?); reconnecting", self._server())
+            await _disconnect(conn)
 
     async def run_ops_each(self, ops: Sequence[_Op]) -> list[Any]:
         """Run *ops* as one command each (:attr:`_Op.args`), all in one :meth:`_pipeline` call.
