@@ -15,6 +15,8 @@ EXTRAS = {
     # aiomysql 0.3.2 breaks on bytes parameters with PyMySQL 1.2 (aio-libs/aiomysql#1080).
     "mysql": ["aiomysql>=0.2", "PyMySQL>=1.0,<1.2"],
     "postgresql": ["asyncpg>=0.29"],
+    # emcache over aiomcache: measured in bench/bench_memcache_clients.py (docs/providers/memcache.rst)
+    "memcache": ["emcache>=1.3"],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 EXTRAS["test"] = [

@@ -1,7 +1,7 @@
 """Provider registry: ``register(name, cls)`` and lookup by name.
 
 Built-in providers are imported lazily on first lookup, so importing the
-package never needs the optional clients (redis, aiomysql, asyncpg). Asking for
+package never needs the optional clients (redis, aiomysql, asyncpg, emcache). Asking for
 a built-in whose client is missing raises
 :class:`~gosession_tornado.errors.UnknownProviderError` naming the extra to
 install.
@@ -27,6 +27,7 @@ BUILTINS: dict[str, tuple[str, str, str | None]] = {
     "redis_sentinel": ("gosession_tornado.providers.redis_sentinel", "RedisSentinelProvider", "redis"),
     "mysql": ("gosession_tornado.providers.mysql", "MySQLProvider", "mysql"),
     "postgresql": ("gosession_tornado.providers.postgresql", "PostgreSQLProvider", "postgresql"),
+    "memcache": ("gosession_tornado.providers.memcache", "MemcacheProvider", "memcache"),
 }
 
 _registry: dict[str, type[Provider]] = {}

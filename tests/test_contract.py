@@ -32,6 +32,17 @@ SERVER_SIDE = sorted(n for n, m in FACTORIES.items() if not getattr(m, "CLIENT_S
 PERSISTENT = sorted(n for n in SERVER_SIDE if getattr(FACTORIES[n], "PERSISTENT", True))
 
 
+def counts(provider: str) -> bool:
+    """False for a store that cannot count its sessions (its factory sets ``COUNTS = False``).
+
+    memcached is one: it has no command that lists or counts keys, so
+    ``get_active_sessions()`` raises ``CannotCountError``. The contract tests
+    check the count only where the store can give one.
+    """
+    module = FACTORIES.get(provider)
+    return module is None or bool(getattr(module, "COUNTS", True))
+
+
 @pytest.fixture(params=SERVER_SIDE)
 async def server_factory(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[ManagerFactory]:
     """A factory for each provider that keeps sessions on the server."""
@@ -49,7 +60,8 @@ async def test_unknown_sid_reads_none_and_is_not_created(server_factory: Manager
     assert await ask(m, Exist(sid)) is False
     # reading did not create a record
     assert await ask(m, Exist(sid)) is False
-    assert await m.get_active_sessions() == 0
+    if counts(server_factory.name):
+        assert await m.get_active_sessions() == 0
 
 
 async def test_release_creates_and_read_returns_data(server_factory: ManagerFactory) -> None:
@@ -149,6 +161,8 @@ async def test_destroy_removes_and_missing_is_not_an_error(server_factory: Manag
 
 
 async def test_active_count(server_factory: ManagerFactory) -> None:
+    if not counts(server_factory.name):
+        pytest.skip(f"{server_factory.name} cannot count its sessions (its factory says COUNTS = False)")
     m = await server_factory()
     sids = [m.new_sid() for _ in range(5)]
     for sid in sids:
@@ -175,7 +189,8 @@ async def test_gc_removes_expired_and_keeps_live(server_factory: ManagerFactory)
     await ask(m, Release(long_, create(b=2), 3600))  # per-session lifetime
     await asyncio.sleep(2.2)
     await ask(m, GC_MESSAGE())
-    assert await ask(m, All()) == 1
+    if counts(server_factory.name):
+        assert await ask(m, All()) == 1
     assert await ask(m, Read(long_)) == {"b": 2}
     assert await ask(m, Read(short)) is None
 
@@ -439,8 +454,8 @@ def vary(resp: Any) -> list[str]:
 
 
 async def stored_sessions(m: Any) -> int | None:
-    """Active sessions, or ``None`` for a store that cannot count (the cookie provider)."""
-    return None if m.client_side else await m.get_active_sessions()
+    """Active sessions, or ``None`` for a store that cannot count (cookie, memcache)."""
+    return None if m.client_side or not counts(m.config.provider) else await m.get_active_sessions()
 
 
 async def test_http_read_only_cookieless_requests_store_nothing_and_set_no_cookie(
@@ -633,10 +648,11 @@ async def test_hashed_session_ids_keep_no_id_in_the_store(server_factory: Manage
     assert await ask(m, Exist(sid)) is False  # the store never saw the id...
     assert await ask(m, Exist(digest)) is True  # ...only its hash
     assert await m.read(sid) == {"a": True}  # admin calls take the real id
-    assert await m.get_active_sessions() == 1
+    assert await stored_sessions(m) in (1, None)
     login = tornado.escape.json_decode((await client.fetch("/login")).body)  # regenerate
     assert await ask(m, Exist(digest)) is False
     assert await ask(m, Exist(hashlib.sha256(login["sid"].encode()).hexdigest())) is True
     assert tornado.escape.json_decode((await client.fetch("/dump")).body)["keys"] == ["a", "user"]
     await client.fetch("/logout")
-    assert await m.get_active_sessions() == 0
+    assert await stored_sessions(m) in (0, None)
+    assert await ask(m, Exist(hashlib.sha256(login["sid"].encode()).hexdigest())) is False

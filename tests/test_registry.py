@@ -30,7 +30,7 @@ from gosession_tornado.providers.memory import MemoryProvider
 from tests.support import DictStore
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-OPTIONAL_CLIENTS = ("redis", "hiredis", "aiomysql", "pymysql", "asyncpg")
+OPTIONAL_CLIENTS = ("redis", "hiredis", "aiomysql", "pymysql", "asyncpg", "emcache")
 
 
 class OwnProvider(DictStore):
@@ -181,7 +181,7 @@ def test_importing_the_package_imports_no_optional_client() -> None:
 import sys
 import gosession_tornado
 import gosession_tornado.web
-print(sorted(m for m in ("redis", "aiomysql", "asyncpg", "pymysql") if m in sys.modules))
+print(sorted(m for m in ("redis", "aiomysql", "asyncpg", "pymysql", "emcache") if m in sys.modules))
 """
     )
     assert proc.returncode == 0, proc.stderr
