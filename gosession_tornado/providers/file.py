@@ -1227,26 +1227,33 @@ class _Store:
         results: list[Any] = [None] * len(messages)
         wave: list[_Staged] = []
         owners: list[int] = []  # the message of each staged save
+        staged: set[str] = set()  # their sessions
+
+        def settle() -> None:
+            self._settle(wave, owners, results)
+            staged.clear()
+
         try:
             for i, message in enumerate(messages):
-                if wave and _touches(message, wave):
-                    self._settle(wave, owners, results)
+                if staged and _touches(message, staged):
+                    settle()
                 try:
                     if isinstance(message, Release) and self.exchange:
                         try:
                             self.release(message.sid, message.changes, message.expiry, wave)
                         except _BusyError:  # locked elsewhere: let go of ours before waiting
-                            self._settle(wave, owners, results)
+                            settle()
                             self.release(message.sid, message.changes, message.expiry, wave)
                         if len(wave) > len(owners):
                             owners.append(i)
+                            staged.add(message.sid)
                     else:
                         results[i] = self.dispatch(message)
                 except Exception as exc:  # one message fails, the batch goes on
                     results[i] = self._failure(exc)
         finally:
             if wave:
-                self._settle(wave, owners, results)
+                settle()
             self._close_retired()
         return results
 
@@ -1289,16 +1296,13 @@ class _Store:
 _FILE_MESSAGES = (Read, Release, Exist, Regenerate, Destroy, All, GC)
 
 
-def _touches(message: Message, wave: list[_Staged]) -> bool:
-    """True if *message* must see the staged saves of *wave* finished first."""
-    names: tuple[str, ...]
+def _touches(message: Message, staged: set[str]) -> bool:
+    """True if *message* must see the saves staged for the sessions *staged* finished first."""
     if isinstance(message, (Read, Exist, Release, Destroy)):
-        names = (message.sid,)
-    elif isinstance(message, Regenerate):
-        names = (message.old_sid, message.sid)
-    else:
-        return True  # a GC or count walks (and locks) every session
-    return any(staged.sid in names for staged in wave)
+        return message.sid in staged
+    if isinstance(message, Regenerate):
+        return message.old_sid in staged or message.sid in staged
+    return True  # a GC or count walks (and locks) every session
 
 
 class FileProvider(BatchVerbs):
