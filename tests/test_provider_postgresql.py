@@ -139,6 +139,22 @@ class Proxy(sql_helpers.Proxy):
 # ---------------------------------------------------------------- config forms (no server)
 
 
+def test_split_rows_keeps_statements_within_the_budget() -> None:
+    from gosession_tornado.providers._sql import _ROW_ALLOWANCE, split_rows
+
+    rows = [(f"k{i}", b"x" * 100, 600, b"y" * 50) for i in range(10)]
+    assert split_rows(rows, 10**6, (1, 3)) == [rows]  # the usual case: one statement
+    assert split_rows([], 10**6) == []  # nothing to send: no statement
+    per_row = _ROW_ALLOWANCE + 2 * 150
+    chunks = split_rows(rows, 3 * per_row, (1, 3), factor=2)
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    assert [r for c in chunks for r in c] == rows  # order kept
+    big = ("big", b"z" * 10_000, 600, b"")
+    chunks = split_rows([rows[0], big, rows[1]], 5_000)
+    assert chunks == [[rows[0]], [big], [rows[1]]]  # a row over the budget goes alone
+
+
+
 def test_keyword_dsn_of_beegos_docs() -> None:
     beego = "user=postgres password= host=127.0.0.1 port=5432 dbname=test sslmode=disable"
     s = parse_postgresql_config(beego)

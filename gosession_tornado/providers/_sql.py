@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import operator
 import re
 import time
 import warnings
@@ -82,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["SQLBatchProvider"]
 
 _T = TypeVar("_T")
+_R = TypeVar("_R", bound=tuple[Any, ...])
 
 SID_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 #: Rows one GC statement deletes at most.
@@ -92,12 +94,44 @@ CONFLICT_RETRIES = 3
 #: batch run concurrently: two).
 HOLD_CONNECTIONS = 2
 
+#: Bytes counted per row for its key, numbers and SQL around them (ids are at most 160 characters).
+_ROW_ALLOWANCE = 4 * 160 + 128
+
 #: A row to write: (session id, encoded record, lifetime in seconds).
 WriteRow = tuple[str, bytes, int]
 #: A compare-and-swap: (session id, new record, lifetime in seconds, the record it replaces).
 SwapRow = tuple[str, bytes, int, bytes]
 #: A looked-up row: session id -> (stored record, its decoded data).
 Found = dict[str, tuple[bytes, SessionData]]
+
+
+def split_rows(rows: list[_R], budget: int, blobs: tuple[int, ...] = (1,), factor: int = 1) -> list[list[_R]]:
+    """*rows* in chunks whose bytes (``factor`` × the blob fields at *blobs*, plus an
+    allowance for key and numbers) stay within *budget*; a row over it goes alone.
+
+    The usual case, everything in one chunk, is decided in C (no call per row).
+    No rows, no chunks.
+    """
+    if not rows:
+        return []
+    total = _ROW_ALLOWANCE * len(rows)
+    for i in blobs:
+        total += factor * sum(map(len, map(operator.itemgetter(i), rows)))
+    if total <= budget:
+        return [rows]
+    chunks: list[list[_R]] = []
+    current: list[_R] = []
+    size = 0
+    for row in rows:
+        cost = _ROW_ALLOWANCE + factor * sum(len(row[i]) for i in blobs)
+        if current and size + cost > budget:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(row)
+        size += cost
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def refresh_step(lifetime: int) -> int:
@@ -163,6 +197,7 @@ class SQLBatchProvider(Provider):
         self._pool: Any = None
         #: ``provider_timeout`` in seconds (after ``session_init``).
         self._timeout = 5.0
+        self._sid_fits: Callable[[str], re.Match[str] | None] = SID_RE.match
         #: Longest session id the key column holds (characters).
         self.max_sid_length = 64
         #: sid -> the stored record as this process last read or wrote it (LRU order).
@@ -174,6 +209,17 @@ class SQLBatchProvider(Provider):
         self._waiting = 0
         #: Seconds a connection may stay at hand unused before it goes back to the pool.
         self._hold_seconds = 60.0
+
+    @property
+    def max_sid_length(self) -> int:
+        """Longest session id the key column holds (characters)."""
+        return self._max_sid_length
+
+    @max_sid_length.setter
+    def max_sid_length(self, n: int) -> None:
+        self._max_sid_length = n
+        # One C call decides whether an id can be stored (see _storable).
+        self._sid_fits = re.compile(rf"[A-Za-z0-9_-]{{1,{n}}}\Z").match
 
     # ------------------------------------------------------------ subclass hooks
 
@@ -407,7 +453,8 @@ class SQLBatchProvider(Provider):
     # ------------------------------------------------------------ records
 
     def _storable(self, sid: str) -> bool:
-        return len(sid) <= self.max_sid_length and SID_RE.match(sid) is not None
+        """True for an id of ``[A-Za-z0-9_-]`` that fits the key column."""
+        return self._sid_fits(sid) is not None
 
     def _too_long(self, sid: str) -> SessionError:
         return SessionError(
@@ -470,7 +517,8 @@ class SQLBatchProvider(Provider):
         Rows of sids in *refresh* whose expiry is at least a refresh step
         stale get it moved to now + lifetime, in one UPDATE.
         """
-        keys = sorted({s for s in sids if self._storable(s)})
+        fits = self._sid_fits
+        keys = sorted({s for s in sids if fits(s) is not None})
         if not keys:
             return {}
         found = await self._run(lambda conn: self._lookup_rows(conn, keys, refresh))
@@ -488,8 +536,9 @@ class SQLBatchProvider(Provider):
         """
         outcomes: list[Any] = [None] * len(items)
         groups: dict[str, list[int]] = {}
+        fits = self._sid_fits
         for i, m in enumerate(items):
-            if self._storable(m.sid):
+            if fits(m.sid) is not None:
                 groups.setdefault(m.sid, []).append(i)
             else:
                 outcomes[i] = self._too_long(m.sid)

@@ -53,8 +53,8 @@ What holds:
 
 # SQL is built with f-strings only from the table name (validated as a plain identifier
 # in dsn.py and backtick-quoted) and from "%s" placeholder lists; every value is a parameter,
-# except in the release statements, which inline session ids (checked against
-# [A-Za-z0-9_-] before they get there), integers and records as hex literals (X'…').
+# except in the lookup and release statements, which inline session ids (checked against
+# [A-Za-z0-9_-] by _key), integers and records as hex literals (X'…').
 # ruff: noqa: S608
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ import math
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import aiomysql
 import pymysql
@@ -75,7 +75,7 @@ from pymysql.constants import CLIENT
 
 from ..dsn import MySQLSettings, parse_mysql_config
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
-from ._sql import GC_CHUNK, SID_RE, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step
+from ._sql import GC_CHUNK, SID_RE, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
 
 __all__ = ["MySQLProvider", "MEDIUMBLOB_MAX"]
 
@@ -135,14 +135,6 @@ def _key(sid: str) -> str:
     if SID_RE.match(sid) is None:  # pragma: no cover - callers pass storable ids only
         raise ValueError("session id with characters outside [A-Za-z0-9_-]")
     return f"'{sid}'"
-
-
-_R = TypeVar("_R", bound=tuple[Any, ...])
-
-
-def _row_cost(row: tuple[str, bytes, int]) -> int:
-    """Bytes a (key, record, expiry) row adds to a parameterized statement (escaping may double)."""
-    return 2 * len(row[1]) + 3 * len(row[0]) + 64
 
 
 class MySQLProvider(SQLBatchProvider):
@@ -420,8 +412,7 @@ class MySQLProvider(SQLBatchProvider):
         _, rows = await self._query(
             conn,
             f"SELECT session_key, session_data, session_expiry FROM {self._table} "
-            f"WHERE session_key IN ({_placeholders(len(keys))}) AND session_expiry > %s",
-            [*keys, now],
+            f"WHERE session_key IN ({', '.join(map(_key, keys))}) AND session_expiry > {math.floor(now)}",
         )
         found: Found = {}
         bumps: list[tuple[str, int, int]] = []
@@ -480,7 +471,7 @@ class MySQLProvider(SQLBatchProvider):
         live_after = math.floor(now)  # expiry (whole seconds) > now  <=>  expiry > floor(now)
         done: set[str] = set()
         partial = False
-        for chunk in self._chunks(rows, lambda r: 2 * (len(r[1]) + len(r[3])) + 4 * len(r[0]) + 96):
+        for chunk in split_rows(rows, self._max_statement, (1, 3), factor=2):
             if len(chunk) == 1:
                 key, blob, lifetime, old = chunk[0]
                 sql = (
@@ -509,7 +500,7 @@ class MySQLProvider(SQLBatchProvider):
     async def _insert_new(self, conn: Any, rows: list[WriteRow], now: float) -> set[str]:
         """One autocommit multi-row INSERT per chunk; a chunk that hits an existing key inserts nothing."""
         done: set[str] = set()
-        for chunk in self._chunks(rows, lambda r: 2 * len(r[1]) + 2 * len(r[0]) + 48):
+        for chunk in split_rows(rows, self._max_statement, factor=2):
             values = ", ".join(f"({_key(k)}, {_hex(b)}, {_expiry_at(now, lt)})" for k, b, lt in chunk)
             try:
                 await self._query(
@@ -526,7 +517,8 @@ class MySQLProvider(SQLBatchProvider):
     async def _write_rows(
         self, conn: Any, updates: list[WriteRow], inserts: list[WriteRow], now: float
     ) -> None:
-        for chunk in self._chunks([(k, b, _expiry_at(now, lt)) for k, b, lt in updates], _row_cost):
+        budget = self._max_statement
+        for chunk in split_rows([(k, b, _expiry_at(now, lt)) for k, b, lt in updates], budget, factor=2):
             when = " ".join(["WHEN %s THEN %s"] * len(chunk))
             args: list[Any] = []
             for key, blob, _ in chunk:
@@ -541,29 +533,13 @@ class MySQLProvider(SQLBatchProvider):
                 f"WHERE session_key IN ({_placeholders(len(chunk))})",
                 args,
             )
-        for chunk in self._chunks([(k, b, _expiry_at(now, lt)) for k, b, lt in inserts], _row_cost):
+        for chunk in split_rows([(k, b, _expiry_at(now, lt)) for k, b, lt in inserts], budget, factor=2):
             await self._query(
                 conn,
                 f"INSERT INTO {self._table} (session_key, session_data, session_expiry) VALUES "
                 + ", ".join(["(%s, %s, %s)"] * len(chunk)),
                 [v for row3 in chunk for v in row3],
             )
-
-    def _chunks(self, rows: list[_R], cost: Callable[[_R], int]) -> list[list[_R]]:
-        """Split rows so that no statement exceeds the packet budget (a large row goes alone)."""
-        chunks: list[list[_R]] = []
-        current: list[_R] = []
-        size = 0
-        for row in rows:
-            c = cost(row)
-            if current and size + c > self._max_statement:
-                chunks.append(current)
-                current, size = [], 0
-            current.append(row)
-            size += c
-        if current:
-            chunks.append(current)
-        return chunks
 
     async def _delete_rows(self, conn: Any, keys: list[str]) -> None:
         await self._query(

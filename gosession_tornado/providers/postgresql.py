@@ -62,14 +62,13 @@ import asyncio
 import logging
 import ssl
 import zlib
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
 from ..pg_dsn import PostgreSQLSettings, parse_postgresql_config
-from ._sql import GC_CHUNK, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step
+from ._sql import GC_CHUNK, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
 
 __all__ = ["PostgreSQLProvider", "MAX_PAYLOAD"]
 
@@ -96,8 +95,6 @@ _CONFIG_STATES = frozenset({"3D000", "42501", "42704", "22023", "55P02", "3F000"
 #: The server cannot serve now (beyond the 08 class: connection exceptions).
 _BUSY_CLASSES = ("08", "53", "57", "58")
 _BUSY_STATES = frozenset({_LOCK_NOT_AVAILABLE, _DEADLOCK, _SERIALIZATION})
-
-_R = TypeVar("_R", bound=tuple[Any, ...])
 
 
 def _state(exc: BaseException) -> str:
@@ -424,7 +421,7 @@ class PostgreSQLProvider(SQLBatchProvider):
             )
             return {key} if _count(status) == 1 else set()
         done: set[str] = set()
-        for chunk in _chunks(rows, lambda r: len(r[1]) + len(r[3]) + len(r[0]) + 24):
+        for chunk in split_rows(rows, _STATEMENT_BUDGET, (1, 3)):
             returned = await self._fetch(
                 conn,
                 f"UPDATE {self._table} AS t SET session_data = v.data, "
@@ -450,7 +447,7 @@ class PostgreSQLProvider(SQLBatchProvider):
             )
             return {key} if _count(status) == 1 else set()
         done: set[str] = set()
-        for chunk in _chunks(rows, lambda r: len(r[1]) + len(r[0]) + 16):
+        for chunk in split_rows(rows, _STATEMENT_BUDGET):
             returned = await self._fetch(
                 conn,
                 f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
@@ -465,7 +462,7 @@ class PostgreSQLProvider(SQLBatchProvider):
     async def _write_rows(
         self, conn: Any, updates: list[WriteRow], inserts: list[WriteRow], now: float
     ) -> None:
-        for chunk in _chunks(updates, _row_cost):
+        for chunk in split_rows(updates, _STATEMENT_BUDGET):
             await self._execute(
                 conn,
                 f"UPDATE {self._table} AS t SET session_data = v.data, "
@@ -474,7 +471,7 @@ class PostgreSQLProvider(SQLBatchProvider):
                 "WHERE t.session_key = v.key",
                 *_columns_of(chunk),
             )
-        for chunk in _chunks(inserts, _row_cost):
+        for chunk in split_rows(inserts, _STATEMENT_BUDGET):
             await self._execute(
                 conn,
                 f"INSERT INTO {self._table} (session_key, session_data, session_expiry) "
@@ -530,24 +527,3 @@ async def _no_reset(conn: Any) -> None:
 def _columns_of(rows: list[tuple[str, bytes, int]]) -> tuple[list[str], list[bytes], list[int]]:
     """Column arrays (keys, blobs, lifetimes) for an ``unnest($1, $2, $3)``."""
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-
-
-def _row_cost(row: tuple[str, bytes, int]) -> int:
-    return len(row[1]) + len(row[0]) + 16
-
-
-def _chunks(rows: list[_R], cost: Callable[[_R], int]) -> list[list[_R]]:
-    """Split rows so that no statement carries more than ~64 MiB (a large row goes alone)."""
-    chunks: list[list[_R]] = []
-    current: list[_R] = []
-    size = 0
-    for row in rows:
-        c = cost(row)
-        if current and size + c > _STATEMENT_BUDGET:
-            chunks.append(current)
-            current, size = [], 0
-        current.append(row)
-        size += c
-    if current:
-        chunks.append(current)
-    return chunks
