@@ -31,7 +31,7 @@ from gosession_tornado import (
     SessionMixin,
     codec,
 )
-from gosession_tornado.provider import Changes, Read, Release
+from gosession_tornado.provider import Changes, Destroy, Read, Release
 from gosession_tornado.providers import file as file_module
 from gosession_tornado.providers.file import (
     TEMP_GRACE,
@@ -904,8 +904,9 @@ async def test_a_batch_of_saves_is_fsynced_together_and_answered_in_order(
 
 
 @needs_exchange
+@pytest.mark.parametrize("second", ["save", "destroy"])
 async def test_a_save_waiting_for_a_lock_holds_no_other_lock(
-    make_provider: ProviderMaker, tmp_path: pathlib.Path
+    make_provider: ProviderMaker, tmp_path: pathlib.Path, second: str
 ) -> None:
     p = await make_provider()
     a, b = new_sid(), new_sid()
@@ -915,8 +916,8 @@ async def test_a_save_waiting_for_a_lock_holds_no_other_lock(
     held = os.open(path_b, os.O_RDONLY)
     fcntl.flock(held, fcntl.LOCK_EX)  # another process holds b
     try:
-        saves: list[Any] = [Release(a, add(v=1), 3600), Release(b, add(v=1), 3600)]
-        batch = asyncio.ensure_future(p.handle_batch(saves))
+        then = Release(b, add(v=1), 3600) if second == "save" else Destroy(b)
+        batch = asyncio.ensure_future(p.handle_batch([Release(a, add(v=1), 3600), then]))
         await asyncio.sleep(0.3)
         assert not batch.done()  # waiting for b ...
         probe = os.open(path_a, os.O_RDONLY)
@@ -929,7 +930,7 @@ async def test_a_save_waiting_for_a_lock_holds_no_other_lock(
         os.close(held)
     assert await asyncio.wait_for(batch, 10) == [None, None]
     assert await p.session_read(a) == {"v": 1}
-    assert await p.session_read(b) == {"v": 1}
+    assert await p.session_read(b) == ({"v": 1} if second == "save" else None)
 
 
 BATCH_CRASHER = """

@@ -1297,12 +1297,15 @@ _FILE_MESSAGES = (Read, Release, Exist, Regenerate, Destroy, All, GC)
 
 
 def _touches(message: Message, staged: set[str]) -> bool:
-    """True if *message* must see the saves staged for the sessions *staged* finished first."""
-    if isinstance(message, (Read, Exist, Release, Destroy)):
+    """True if the saves staged for the sessions *staged* must finish before *message*.
+
+    A read or save of one of them must see it done. A destroy or regenerate
+    may wait for a lock another process holds, which we must never do while
+    holding the wave's locks; a GC or count walks every session.
+    """
+    if isinstance(message, (Read, Exist, Release)):
         return message.sid in staged
-    if isinstance(message, Regenerate):
-        return message.old_sid in staged or message.sid in staged
-    return True  # a GC or count walks (and locks) every session
+    return True
 
 
 class FileProvider(BatchVerbs):
