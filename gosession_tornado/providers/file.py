@@ -1217,9 +1217,9 @@ class _Store:
         In exchange mode, consecutive saves of different sessions form a
         *wave*: each is read, merged and written to its spare while its
         session stays locked, then the wave's spares are fsync-ed together
-        and exchanged into place one by one. A message that touches a
-        session of the wave (a read, a second save, a destroy...), a GC or
-        a count first finishes the wave, so every message sees the ones
+        and exchanged into place one by one. A read or a second save of a
+        session of the wave, and any other message (destroy, regenerate,
+        GC, count), first finishes the wave, so every message sees the ones
         before it.
         """
         if time.monotonic() - self._dirs_since >= DIR_CACHE_SECONDS:
