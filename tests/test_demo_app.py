@@ -9,6 +9,7 @@ The app is built in-process with :func:`demo_app.make_app` and served on
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from demo_app.app import (
     main_session_config,
 )
 from gosession_tornado import UnknownProviderError, lookup
+from gosession_tornado.testing import make_session_cookie, read_session
 from tests.conftest import REDIS, Client, free_port, require_server
 from tests.support import require_provider
 
@@ -173,6 +175,21 @@ async def test_login_regenerates_sid_counts_visits_and_flashes_once(
             if keys:
                 await r.delete(*keys)
             await r.aclose()
+
+
+async def test_a_premade_session_cookie_logs_a_user_in_without_the_form(demo: DemoFactory) -> None:
+    """gosession_tornado.testing: a test can start logged in, skipping the login form and XSRF."""
+    client, app = await demo()
+    manager = app.settings["session_managers"]["main"]
+    login_at = datetime.datetime(2026, 5, 1, 12, 30, tzinfo=datetime.timezone.utc)
+    cookie = await make_session_cookie(manager, {"user": "gus", "visits": 41, "login_at": login_at})
+    page = (await client.fetch("/", headers={"Cookie": cookie}, use_jar=False)).body.decode()
+    assert 'id="login-form"' not in page
+    assert "Hello, gus" in page
+    assert 'id="visits">42<' in page
+    assert "2026-05-01 12:30:00 UTC" in page
+    assert await read_session(manager, cookie) == {"user": "gus", "visits": 42, "login_at": login_at}
+    assert (await status_with(client, cookie.partition("=")[2]))["user"] == "gus"
 
 
 async def test_logout_destroys_session_and_old_cookie_stops_working(demo: DemoFactory) -> None:
