@@ -80,6 +80,9 @@ __all__ = [
     "main",
     "build_parser",
     "json_value",
+    "manager_config",
+    "load_config",
+    "CommandError",
     "EXIT_OK",
     "EXIT_NOT_FOUND",
     "EXIT_USAGE",
@@ -147,7 +150,7 @@ def json_value(value: Any) -> Any:
     ``set`` / ``frozenset``      ``{"$set": [...]}`` / ``{"$frozenset": [...]}``
                                  (items in a stable order)
     NaN and infinite ``float``   ``{"$float": "nan"}``, ``"inf"``, ``"-inf"``
-    dict keys that are no str    gathered under the key ``"$map"`` of the
+    dict keys that are not str   gathered under the key ``"$map"`` of the
                                  dict's object as ``[[key, value], ...]``
                                  (keys converted like values), so ``1`` and
                                  ``"1"`` stay apart
