@@ -33,7 +33,7 @@ from gosession_tornado import (
     codec,
 )
 from gosession_tornado.provider import All, Changes, Destroy, Exist, Read, Regenerate, Release
-from gosession_tornado.providers.redis import META_FIELD, RedisProvider
+from gosession_tornado.providers.redis import META_FIELD, RedisProvider, may_repeat
 from gosession_tornado.redis_config import RedisConfig, parse_duration, parse_redis_config
 
 from .conftest import REDIS, free_port, require_server, server_answers
@@ -855,6 +855,67 @@ async def test_connection_killed_mid_batch_fails_that_batch_and_the_next_works(
             assert again is not None and again != victim
     finally:
         await admin.aclose()
+
+
+async def test_max_retries_resends_a_killed_batch_unless_it_holds_an_increment(
+    private_redis: RedisServer,
+) -> None:
+    """A batch whose connection dies mid-flight may have run: re-sent only if that is harmless."""
+    admin = private_redis.client()
+    config = {"addr": f"127.0.0.1:{private_redis.port}", "client_name": "gs-retry", "max_retries": 1}
+
+    async def kill_while_held(call: Any) -> Any:
+        """Run *call* while the server holds writes; kill its connection; let go 0.2 s later."""
+        victim = await client_id(admin, "gs-retry")
+        await admin.execute_command("CLIENT PAUSE", 3000, "WRITE")
+        try:
+            pending = asyncio.ensure_future(call)
+            await asyncio.sleep(0.2)
+            assert not pending.done()
+            assert await admin.client_kill_filter(_id=victim) == 1
+            await asyncio.sleep(0.2)  # the retry (if any) is held by the pause too
+        finally:
+            await admin.execute_command("CLIENT UNPAUSE")
+        return await asyncio.gather(pending, return_exceptions=True)
+
+    try:
+        async with manager("gsr:", provider_config=config, provider_timeout=3) as m:
+            sid = m.new_sid()
+            await ask(m, Release(sid, create(a=1, n=0), 60))
+            (result,) = await kill_while_held(ask(m, Release(sid, Changes(set={"a": 2}), 60)))
+            assert result is None  # re-sent on a new connection: no error
+            assert await m.read(sid) == {"a": 2, "n": 0}
+            (result,) = await kill_while_held(ask(m, Release(sid, incr(n=5), 60)))
+            assert isinstance(result, ProviderUnavailableError)  # not re-sent: it might count twice
+            assert await m.read(sid) == {"a": 2, "n": 0}  # (killed before it ran)
+    finally:
+        await admin.aclose()
+
+
+def test_may_repeat_is_false_only_for_a_save_with_an_increment() -> None:
+    provider = RedisProvider()
+    ops = {
+        "read": provider.build_op(Read("s" * 32)),
+        "set": provider.build_op(Release("s" * 32, Changes(set={"a": 1}, deleted=frozenset({"b"})), 60)),
+        "incr": provider.build_op(Release("s" * 32, incr(n=1), 60)),
+        "regenerate": provider.build_op(Regenerate("s" * 32, "t" * 32)),
+        "destroy": provider.build_op(Destroy("s" * 32)),
+    }
+    assert all(op is not None for op in ops.values())
+    assert {name: may_repeat(op.args) for name, op in ops.items() if op} == {
+        "read": True, "set": True, "incr": False, "regenerate": True, "destroy": True,
+    }
+
+    def batch(*names: str) -> tuple[Any, ...]:
+        chosen = [ops[n] for n in names]
+        keys = [k for op in chosen if op for k in op.keys]
+        argv = [a for op in chosen if op for a in op.argv]
+        return ("EVALSHA", ops["read"].args[1] if ops["read"] else "", len(keys), *keys, *argv)
+
+    assert may_repeat(batch("read", "set", "regenerate", "destroy", "read")) is True
+    assert may_repeat(batch("read", "set", "regenerate", "incr", "read")) is False
+    assert may_repeat(("SCAN", 0, "MATCH", "x*")) is True
+    assert may_repeat(("SCRIPT LOAD", "return 1")) is True
 
 
 async def test_connection_closed_while_idle_is_replaced_without_a_failed_call(

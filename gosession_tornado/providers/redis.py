@@ -343,6 +343,8 @@ class RedisProvider(BatchVerbs):
         self.round_trips = 0
         #: A reply of the batch being answered was ``READONLY`` (see :meth:`_drop_connection`).
         self._read_only = False
+        #: The last :meth:`_exchange` got as far as writing its commands.
+        self._sent = False
 
     # ------------------------------------------------------------ setup
 
@@ -672,12 +674,14 @@ class RedisProvider(BatchVerbs):
             raise ProviderUnavailableError("the redis session provider is not connected (closed?)")
         packed = _pack(commands)
         self.round_trips += 1
+        self._sent = False
         try:
             if conn.is_connected and _closed_by_peer(conn):
                 await _disconnect(conn)  # idle and closed by the server (timeout, restart, CLIENT KILL)
             if not conn.is_connected:
                 connect: Any = conn.connect  # untyped in redis-py
                 await connect()  # (a sentinel-managed connection asks for the master here)
+            self._sent = True  # from here on the server may run the commands
             await conn.send_packed_command(packed)
             read = conn.read_response
             replies: list[Any] = []
@@ -695,7 +699,9 @@ class RedisProvider(BatchVerbs):
         """Send *commands* in one round trip; per-command errors come back in place.
 
         A connection failure is retried ``max_retries`` times (the batch is
-        sent again on a new connection, after a short backoff).
+        sent again on a new connection, after a short backoff), except for a
+        batch that may have run already and must not run twice (an
+        increment; see :func:`may_repeat`).
 
         :raises ProviderUnavailableError: if the connection failed or timed out.
         """
@@ -708,7 +714,7 @@ class RedisProvider(BatchVerbs):
                 raise self._unavailable(exc) from exc
             except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
                 failures += 1
-                if failures > retries:
+                if failures > retries or (self._sent and not all(map(may_repeat, commands))):
                     raise self._unavailable(exc) from exc
                 await asyncio.sleep(self._backoff.compute(failures))
             except rexc.RedisError as exc:
@@ -901,6 +907,30 @@ _SESSION_SHA = SESSION_SCRIPT.sha
 _OP_READ: list[Any] = [b"R"]
 _OP_EXIST: list[Any] = [b"E"]
 _OP_DESTROY: list[Any] = [b"D"]
+
+
+def may_repeat(command: Sequence[Any]) -> bool:
+    """False for a session-script command with an increment: it must not run twice.
+
+    Used to decide whether a command that failed with a connection error (and
+    so may have run) can be sent again: every other operation of the session
+    script leaves the same state when repeated.
+    """
+    if len(command) < 4 or command[0] != "EVALSHA" or command[1] != _SESSION_SHA:
+        return True
+    argv = command[3 + int(command[2]) :]
+    a = 0
+    while a < len(argv):
+        code = argv[a]
+        if code == b"W":
+            if int(argv[a + 6]):
+                return False
+            a += 7 + int(argv[a + 4]) + int(argv[a + 5])
+        elif code == b"G":
+            a += 2
+        else:
+            a += 1
+    return True
 
 
 def _pack(commands: Sequence[Sequence[Any]]) -> bytes:

@@ -95,7 +95,16 @@ from ..redis_config import (
     parse_addr,
     parse_redis_config,
 )
-from .redis import _CHUNK, _LUA_META, _SCAN_COUNT, SCRIPTS, RedisProvider, _glob_escape, _Op
+from .redis import (
+    _CHUNK,
+    _LUA_META,
+    _SCAN_COUNT,
+    SCRIPTS,
+    RedisProvider,
+    _glob_escape,
+    _Op,
+    may_repeat,
+)
 
 __all__ = ["RedisClusterProvider", "ClusterConfig", "parse_cluster_config"]
 
@@ -563,7 +572,8 @@ class RedisClusterProvider(RedisProvider):
         ``SCRIPT LOAD`` commands go to every master first. A node that fails
         (connection refused, timeout, slot not covered) fails only its own
         commands, with :class:`ProviderUnavailableError`; they are re-sent
-        ``max_retries`` times after refreshing the slot map.
+        ``max_retries`` times after refreshing the slot map (not a save with
+        an increment, which may have run already: see ``may_repeat``).
         """
         client = self._require_cluster()
         replies: list[Any] = [None] * len(commands)
@@ -616,7 +626,8 @@ class RedisClusterProvider(RedisProvider):
                         failed.append(index)
                     else:
                         replies[index] = reply
-            todo = sorted(failed)
+            # A command that may have run is sent again only if running it twice is harmless.
+            todo = sorted(i for i in failed if may_repeat(commands[i]))
         return replies
 
     async def _one(self, args: tuple[Any, ...]) -> Any:
