@@ -3,9 +3,9 @@
 Needs the ``[redis]`` extra (``redis>=5``, :mod:`redis.asyncio.sentinel`).
 :class:`RedisSentinelProvider` subclasses
 :class:`~gosession_tornado.providers.redis.RedisProvider`, so storage layout,
-Lua delta releases, TTL refresh on access, atomic regenerate and pipelined
-batches are exactly those of the ``redis`` provider. Only the connection
-differs:
+Lua delta releases, TTL refresh on access, atomic regenerate and batches
+(one script call each, over the provider's one connection) are exactly
+those of the ``redis`` provider. Only the connection differs:
 
 * Every command goes to the **current master** of the monitored service
   (``master_for``); nothing is read from replicas, so a read never sees a
@@ -13,11 +13,12 @@ differs:
 * A new connection asks the sentinels (in order, the last one that answered
   first) for the master's address. A master that Sentinel considers down
   (``s_down``/``o_down``) is not used.
-* After a failover, connections to the old master fail on their next use
+* After a failover, the connection to the old master fails on its next use
   (:class:`~gosession_tornado.errors.ProviderUnavailableError`, the mixin
-  answers 503) and are replaced by connections to the promoted replica on the
+  answers 503) and is replaced by a connection to the promoted replica on the
   call after that: the same manager works again with no restart. A demoted old
-  master that answers ``READONLY`` is dropped the same way.
+  master that answers ``READONLY`` is dropped the same way (the ``redis``
+  provider closes its connection on any ``READONLY`` reply).
 * Every wait stays below ``provider_timeout``: sentinel queries use
   0.3 × ``provider_timeout`` split over the sentinels, data connections the
   ``redis`` provider's limits.
