@@ -317,6 +317,36 @@ async def check_retried_swap_is_not_applied_twice(
     assert await ask(m, Read(sid)) == {"a": None, "b": 2}
 
 
+async def check_a_failing_statement_fails_only_its_releases(
+    m: SessionManager, failure: Callable[[], BaseException]
+) -> None:
+    """The INSERT of a batch's new sessions fails: those releases fail, the swap of the
+    same batch is written and answered."""
+    from gosession_tornado import SessionError
+
+    old, new = m.new_sid(), m.new_sid()
+    await ask(m, Release(old, create(a=1), 600))
+    assert await ask(m, Read(old)) == {"a": 1}
+    p = sql_provider(m)
+
+    async def failing(conn: Any, rows: Any, now: float) -> set[str]:
+        raise failure()
+
+    p._insert_new = failing  # type: ignore[method-assign]
+    try:
+        results = await asyncio.gather(
+            ask(m, Release(old, update(b=2), 600)),
+            ask(m, Release(new, create(n=1), 600)),
+            return_exceptions=True,
+        )
+    finally:
+        del p._insert_new
+    assert results[0] is None
+    assert isinstance(results[1], SessionError)
+    assert await ask(m, Read(old)) == {"a": 1, "b": 2}
+    assert await ask(m, Read(new)) is None
+
+
 async def check_remembered_records_are_bounded(m: SessionManager) -> None:
     """At most ``known_max_entries`` records are remembered; a forgotten session's release
     takes the locked path and is just as right; records over ``known_max_record`` bytes are

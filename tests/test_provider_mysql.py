@@ -712,6 +712,13 @@ async def test_a_retried_swap_is_not_applied_twice(table: str) -> None:
         )
 
 
+async def test_a_failing_statement_fails_only_its_releases(table: str) -> None:
+    async with manager(table) as m:
+        await sql_helpers.check_a_failing_statement_fails_only_its_releases(
+            m, lambda: pymysql.err.ProgrammingError(1064, "You have an error in your SQL syntax")
+        )
+
+
 async def test_remembered_records_are_bounded(table: str) -> None:
     async with manager(table) as m:
         await sql_helpers.check_remembered_records_are_bounded(m)

@@ -532,7 +532,8 @@ class SQLBatchProvider(Provider):
 
         Remembered sessions: one compare-and-swap statement for all; new
         sessions: one INSERT; whatever is left (not remembered, or changed
-        meanwhile): one locked transaction.
+        meanwhile): one locked transaction. A statement that fails fails only
+        the releases it carried.
         """
         outcomes: list[Any] = [None] * len(items)
         groups: dict[str, list[int]] = {}
@@ -576,39 +577,41 @@ class SQLBatchProvider(Provider):
                 swaps.append((sid, blob, lifetime, old))
             else:
                 inserts.append((sid, blob, lifetime))
-        written: set[str] = set()
         attempted: dict[str, bytes] = {}
-        if swaps or inserts:
+        paths = self.release_paths
+        if swaps:
             for sid, blob, _, _ in swaps:
                 attempted[sid] = blob
+            try:
+                swapped = await self._run(lambda conn: self._swap_rows(conn, swaps, time.time()))
+            except Exception as exc:  # only these fail; new sessions and the locked way go on
+                for row in swaps:
+                    for i in groups[row[0]]:
+                        outcomes[i] = exc
+            else:
+                for sid, blob, _, _ in swaps:
+                    if swapped is not None and sid in swapped:
+                        self._remember(sid, blob)
+                        paths["swapped"] += 1
+                    else:
+                        paths["conflicts"] += 1
+                        locked += groups[sid]
+        if inserts:
             for sid, blob, _ in inserts:
                 attempted[sid] = blob
-
-            async def fast(conn: Any) -> set[str]:
-                now = time.time()
-                done: set[str] = set()
-                if swaps:
-                    swapped = await self._swap_rows(conn, swaps, now)
-                    if swapped is not None:
-                        done |= swapped
-                if inserts:
-                    done |= await self._insert_new(conn, inserts, now)
-                return done
-
-            written = await self._run(fast)
-            paths = self.release_paths
-            for sid in written:
-                self._remember(sid, attempted[sid])
-            n_swapped = sum(1 for row in swaps if row[0] in written)
-            paths["swapped"] += n_swapped
-            paths["conflicts"] += len(swaps) - n_swapped
-            paths["inserted"] += len(written) - n_swapped
-            for sid, _, _, _ in swaps:
-                if sid not in written:
-                    locked += groups[sid]
-            for sid, _, _ in inserts:
-                if sid not in written:
-                    locked += groups[sid]
+            try:
+                inserted = await self._run(lambda conn: self._insert_new(conn, inserts, time.time()))
+            except Exception as exc:
+                for new in inserts:
+                    for i in groups[new[0]]:
+                        outcomes[i] = exc
+            else:
+                for sid, blob, _ in inserts:
+                    if sid in inserted:
+                        self._remember(sid, blob)
+                        paths["inserted"] += 1
+                    else:
+                        locked += groups[sid]
         if locked:
             locked.sort()
             self.release_paths["locked"] += len({items[i].sid for i in locked})
