@@ -25,7 +25,8 @@ What holds:
   provider, or a command the provider cannot answer; :data:`EXIT_UNAVAILABLE`
   (3) the store is down, refused the connection or did not answer within
   ``provider_timeout`` (``--timeout``); :data:`EXIT_FAILED` (4) anything else
-  (a provider error, a corrupt record).
+  (a provider error, a corrupt record); 130 after Ctrl-C; 141 (silently)
+  when standard output was closed early (``show SID | head -1``).
 * Errors are one line on standard error, ``gosession_tornado: error: ...``;
   no traceback unless ``--debug``. Session ids in messages are shortened to
   their first 8 characters, as in the library's logs.
@@ -48,9 +49,11 @@ import base64
 import datetime
 import decimal
 import importlib
+import io
 import json
 import logging
 import math
+import os
 import pathlib
 import pprint
 import sys
@@ -577,6 +580,16 @@ def _error(message: str, err: TextIO) -> None:
     err.flush()
 
 
+def _silence(out: TextIO) -> None:
+    """Point *out*'s file descriptor at /dev/null, so that flushing it at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file (a StringIO): nothing will flush it at exit
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run ``python -m gosession_tornado`` with *argv*; returns the exit status.
 
@@ -602,12 +615,17 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     try:
         failure: BaseException | None = None
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            # Configuration warnings (unknown keys) are reported; other categories keep their filters.
+            warnings.simplefilter("always", UserWarning)
             try:
                 status = asyncio.run(_run(args, out))
+                out.flush()
             except KeyboardInterrupt:
                 status, message = 130, "interrupted"
                 failure = KeyboardInterrupt()
+            except BrokenPipeError:  # `... show SID | head -1`: the reader left; not an error to report
+                _silence(out)
+                return 141
             except Exception as exc:
                 status, message = _classify(exc)
                 failure = exc
@@ -621,7 +639,6 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
             if args.debug:
                 traceback.print_exception(failure, file=err)
             _error(message, err)
-        out.flush()
         return status
     finally:
         logger.removeHandler(handler)
