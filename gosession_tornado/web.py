@@ -293,6 +293,18 @@ class SessionMixin(_Base):
         if missing:
             self.set_header("Vary", ", ".join(tokens + missing))
 
+    def _gs_unsaved(self) -> list[Session]:
+        if self._gs_failed:
+            return []  # the response is the error page now; nothing is retried
+        state: _RequestState | None = getattr(self, _STATE_ATTR, None)
+        if state is None:
+            return []  # no session was touched
+        return [
+            s
+            for s in state.sessions.values()
+            if s.needs_save() or (s.expiry is not None and s.expiry < 0 and not s.destroyed)
+        ]
+
     async def _gs_release_all(self) -> None:
         sessions = self._gs_unsaved()
         if not sessions:
