@@ -19,4 +19,9 @@ if ! command -v wrk >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get 
     echo "installing Debian's wrk for the performance harness" >&2
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
+# The memcache tests start their own memcached processes (Debian's memcached) on free ports.
+if ! command -v memcached >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's memcached for the memcache provider tests" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached >/dev/null
+fi
 exec .venv/bin/python -m pytest "$@"
