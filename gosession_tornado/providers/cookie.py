@@ -63,7 +63,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import logging
 import re
 import time
 import warnings
@@ -75,6 +74,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .. import codec
+from .._log import get_logger
 from ..config import ManagerConfig, normalize_key
 from ..errors import ConfigError, CookieTooLargeError
 from ..provider import Changes, DecodedCookie, Provider, SessionData
@@ -89,7 +89,7 @@ __all__ = [
     "CLOCK_SKEW",
 ]
 
-log = logging.getLogger("gosession_tornado.cookie")
+log = get_logger("gosession_tornado.cookie")
 
 #: Largest ``name=value`` a browser keeps, in bytes.
 MAX_COOKIE_BYTES = 4096

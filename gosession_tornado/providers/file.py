@@ -58,7 +58,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import logging
 import os
 import re
 import secrets
@@ -71,6 +70,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from .. import codec
+from .._log import get_logger
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
 from ..provider import (
     GC,
@@ -100,7 +100,7 @@ __all__ = [
     "valid_sid",
 ]
 
-log = logging.getLogger("gosession_tornado.providers.file")
+log = get_logger("gosession_tornado.providers.file")
 
 #: Directory used when ``provider_config`` is empty (beego's default).
 DEFAULT_SAVE_PATH = "./tmp"
