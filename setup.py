@@ -47,6 +47,7 @@ setup(
     zip_safe=False,
     install_requires=["tornado>=6.4", "msgpack>=1.0", "cryptography>=42"],
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["gosession-tornado = gosession_tornado.cli:main"]},
     classifiers=[
         "Framework :: AsyncIO",
         "Programming Language :: Python :: 3",
