@@ -792,7 +792,7 @@ class MemcacheProvider(BatchVerbs):
                 continue  # memcached expires items itself
             kind = _kind(message)
             if kind is None:
-                await self._run_segment(groups, messages, outcomes)
+                await self._run_segment(groups, outcomes)
                 try:
                     outcomes[index] = await self._alone(message)
                 except Exception as exc:
@@ -808,7 +808,7 @@ class MemcacheProvider(BatchVerbs):
                 continue
             group = groups.get(sid)
             if group is not None and not group.accepts(kind):
-                await self._run_segment(groups, messages, outcomes)
+                await self._run_segment(groups, outcomes)
                 group = None
             if group is None:
                 group = groups[sid] = _Group(sid, key)
@@ -820,16 +820,14 @@ class MemcacheProvider(BatchVerbs):
                 group.writes.append((index, message))
             else:
                 group.deletes.append(index)
-        await self._run_segment(groups, messages, outcomes)
+        await self._run_segment(groups, outcomes)
         return outcomes
 
     async def _alone(self, message: Message) -> Any:
         """A message that runs on its own: regenerate, ``All``, init, close."""
         return await self.dispatch(message)
 
-    async def _run_segment(
-        self, groups: dict[str, _Group], messages: Sequence[Message], outcomes: list[Any]
-    ) -> None:
+    async def _run_segment(self, groups: dict[str, _Group], outcomes: list[Any]) -> None:
         """Run the *groups* of one segment (then empty it): per server, all servers concurrently."""
         if not groups:
             return
@@ -843,9 +841,13 @@ class MemcacheProvider(BatchVerbs):
             groups.clear()
             return
         groups.clear()
-        await self._gather(
-            [self._run_on_server(server, batch, messages, outcomes) for server, batch in by_server.items()]
-        )
+        runs = list(by_server.items())
+        results = await self._gather([self._run_on_server(server, batch, outcomes) for server, batch in runs])
+        for (server, batch), result in zip(runs, results):
+            if isinstance(result, BaseException):  # a bug, not a store error: never report success
+                log.error("memcache: a batch on %s failed unexpectedly", server.name, exc_info=result)
+                for group in batch:
+                    self._fail_group(group, result, outcomes)
 
     @staticmethod
     def _fail_group(group: _Group, exc: BaseException, outcomes: list[Any]) -> None:
@@ -854,9 +856,7 @@ class MemcacheProvider(BatchVerbs):
         for index, _ in group.writes:
             outcomes[index] = exc
 
-    async def _run_on_server(
-        self, server: _Server, groups: list[_Group], messages: Sequence[Message], outcomes: list[Any]
-    ) -> None:
+    async def _run_on_server(self, server: _Server, groups: list[_Group], outcomes: list[Any]) -> None:
         """One segment's groups that live on *server*; every error lands in *outcomes*."""
         try:
             client = await server.ready()
@@ -875,7 +875,8 @@ class MemcacheProvider(BatchVerbs):
         read_items = fetched.pop(0) if read_keys else {}
         peek_items = fetched.pop(0) if fetch_keys else {}
 
-        second: list[Awaitable[None]] = []
+        # the second step's commands, each with the groups whose outcomes it settles
+        second: list[tuple[Awaitable[None], list[_Group]]] = []
         for group in groups:
             if group.reads:
                 if isinstance(read_items, BaseException):
@@ -883,7 +884,9 @@ class MemcacheProvider(BatchVerbs):
                         outcomes[index] = read_items
                 else:
                     item = read_items.get(group.key)
-                    second.extend(self._answer_reads(server, client, group, item, outcomes))
+                    retouch = self._answer_reads(server, client, group, item, outcomes)
+                    if retouch is not None:
+                        second.append((retouch, [group]))
             if group.peeks:
                 for index in group.peeks:
                     if isinstance(peek_items, BaseException):
@@ -893,16 +896,21 @@ class MemcacheProvider(BatchVerbs):
                         value = item.value if item is not None else None
                         outcomes[index] = self._decode(group.sid, value) is not None
             if group.deletes:
-                second.append(self._delete(server, client, group, outcomes))
+                second.append((self._delete(server, client, group, outcomes), [group]))
         writes = [g for g in groups if g.writes]
         if writes:
             if isinstance(peek_items, BaseException):
                 for group in writes:
                     self._fail_group(group, peek_items, outcomes)
             else:
-                second.append(self._write(server, client, writes, peek_items, outcomes))
+                second.append((self._write(server, client, writes, peek_items, outcomes), writes))
         if second:
-            await self._gather(second)
+            results = await self._gather([call for call, _ in second])
+            for (_, affected), result in zip(second, results):
+                if isinstance(result, BaseException):  # a bug, not a store error: never report success
+                    log.error("memcache: a command on %s failed unexpectedly", server.name, exc_info=result)
+                    for group in affected:
+                        self._fail_group(group, result, outcomes)
 
     def _answer_reads(
         self,
@@ -911,21 +919,21 @@ class MemcacheProvider(BatchVerbs):
         group: _Group,
         item: emcache.Item | None,
         outcomes: list[Any],
-    ) -> list[Awaitable[None]]:
-        """Set the reads' outcomes; a touch to the stored lifetime if it is not ``max_lifetime``."""
+    ) -> Awaitable[None] | None:
+        """Set the reads' outcomes; the touch back to the stored lifetime if it is not ``max_lifetime``."""
         decoded = self._decode(group.sid, item.value if item is not None else None)
         if decoded is None:
             for index in group.reads:
                 outcomes[index] = None
-            return []
+            return None
         data, lifetime = decoded
         outcomes[group.reads[0]] = data
         for index in group.reads[1:]:  # each caller gets a dict of its own
             again = self._decode(group.sid, item.value if item is not None else None)
             outcomes[index] = again[0] if again is not None else None
         if lifetime == self.max_lifetime:
-            return []
-        return [self._retouch(server, client, group, lifetime, outcomes)]
+            return None
+        return self._retouch(server, client, group, lifetime, outcomes)
 
     async def _retouch(
         self, server: _Server, client: emcache.Client, group: _Group, lifetime: int, outcomes: list[Any]
