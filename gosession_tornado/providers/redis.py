@@ -818,7 +818,9 @@ class RedisProvider(BatchVerbs):
             elif not isinstance(reply, BaseException):
                 reply = rexc.InvalidResponse(f"unexpected session script reply {reply!r:.80}")
             unwrapped.append(reply)
-        return self._outcomes(ops, unwrapped)
+        outcomes = self._outcomes(ops, unwrapped)
+        self._read_only = False  # (a cluster client follows a failover by itself)
+        return outcomes
 
     async def _run_one(self, message: Message) -> Any:
         """One message as a batch of one (the verbs come from :class:`BatchVerbs`)."""
