@@ -474,6 +474,25 @@ async def test_a_batch_is_one_multi_get_per_server(two_memcached: tuple[Memcache
         assert provider.commands - before == 2
 
 
+async def test_a_batch_keeps_order_per_session_and_merges_its_saves_into_one_cas(m: SessionManager) -> None:
+    provider = mp(m)
+    sid, life = m.new_sid(), m.config.max_lifetime  # the default lifetime: reads need no touch
+    await ask(m, Release(sid, create(n=0), life))
+    before = provider.commands
+    results = await asyncio.gather(
+        ask(m, Read(sid)),
+        *(ask(m, Release(sid, update(**{f"k{i}": i}), life)) for i in range(50)),
+        ask(m, Read(sid)),
+        ask(m, Destroy(sid)),
+        ask(m, Exist(sid)),
+    )
+    assert results[0] == {"n": 0}  # the read before the saves does not see them
+    assert results[-3] == {"n": 0, **{f"k{i}": i for i in range(50)}}  # the read after them does
+    assert results[-1] is False  # the destroy came before the exist
+    # gat; gets + one cas for the 50 saves; gat; delete; gets
+    assert provider.commands - before == 6
+
+
 async def test_one_server_down_fails_only_its_sessions(two_memcached: tuple[Memcached, Memcached]) -> None:
     a, b = two_memcached
     async with manager(f"{a.address};{b.address}", provider_timeout=2) as m:
