@@ -35,6 +35,7 @@ from gosession_tornado import (
 from gosession_tornado.provider import Changes, Destroy, Exist, Read, Regenerate, Release
 from gosession_tornado.providers.memcache import (
     DEFAULT_CAS_RETRIES,
+    MAX_EXPTIME,
     MAX_RELATIVE_EXPTIME,
     TOMBSTONE,
     CannotCountError,
@@ -210,6 +211,7 @@ def test_expiry_times_over_30_days_are_unix_times() -> None:
     assert _exptime(0) == 1  # 0 would mean "never expires" to memcached
     assert _exptime(MAX_RELATIVE_EXPTIME) == MAX_RELATIVE_EXPTIME
     assert abs(_exptime(40 * 86400) - (time.time() + 40 * 86400)) < 2
+    assert _exptime(2**31 - 1) == MAX_EXPTIME == 2**31 - 1  # memcached's 32-bit Unix time: capped
 
 
 # ---------------------------------------------------------------- layout and verbs
@@ -400,10 +402,12 @@ async def test_expiry_is_never_late(memcached: Memcached) -> None:
 
 
 async def test_a_lifetime_over_30_days_is_kept(m: SessionManager) -> None:
-    sid = m.new_sid()
+    sid, longest = m.new_sid(), m.new_sid()
     await ask(m, Release(sid, create(a=1), 40 * 86400))  # sent as a Unix time, not as seconds
     assert await ask(m, Read(sid)) == {"a": 1}
     assert (await m.read(sid)) == {"a": 1}
+    await ask(m, Release(longest, create(b=1), 2**31 - 1))  # past 2038: capped, not wrapped around
+    assert await ask(m, Read(longest)) == {"b": 1}
 
 
 async def test_eviction_under_memory_pressure_loses_the_oldest_sessions_quietly(serve: Any) -> None:

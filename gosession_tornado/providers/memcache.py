@@ -32,7 +32,8 @@ Expiry
     same batch. memcached counts in whole seconds, so a session expires
     between lifetime - 1 and lifetime seconds after its last access: never
     late. Lifetimes over 30 days are sent as an absolute Unix time (memcached
-    reads larger numbers that way). memcached drops expired items itself, so
+    reads larger numbers that way), capped at 2038-01-19 (memcached keeps it
+    in 32 bits). memcached drops expired items itself, so
     :meth:`MemcacheProvider.session_gc` is a no-op.
 
 Deltas without lost updates
@@ -131,6 +132,8 @@ MAX_KEY_LENGTH = 250
 MAX_SID_LENGTH = 160
 #: Relative expiry times above this many seconds (30 days) are read by memcached as Unix times.
 MAX_RELATIVE_EXPTIME = 30 * 24 * 3600
+#: The latest expiry time memcached can hold (a 32-bit signed Unix time: 2038-01-19 03:14:07 UTC).
+MAX_EXPTIME = 2**31 - 1
 #: Keys per multi-key command (memcached takes more; this bounds one line's size).
 _MULTI_CHUNK = 256
 #: Seconds a regenerated session's tombstone lives if deleting it fails.
@@ -472,11 +475,16 @@ def check_key_prefix(prefix: Any) -> str:
 
 
 def _exptime(lifetime: int) -> int:
-    """memcached's expiry time for *lifetime* seconds from now (a Unix time above 30 days)."""
+    """memcached's expiry time for *lifetime* seconds from now.
+
+    Up to 30 days it is the number of seconds; above, a Unix time, which
+    memcached keeps in 32 signed bits: a later one wraps around and expires
+    the item at once, so it is capped at :data:`MAX_EXPTIME` (2038-01-19).
+    """
     lifetime = max(1, int(lifetime))
     if lifetime <= MAX_RELATIVE_EXPTIME:
         return lifetime
-    return int(time.time()) + lifetime
+    return min(int(time.time()) + lifetime, MAX_EXPTIME)
 
 
 class _Server:
