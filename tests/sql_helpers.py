@@ -202,6 +202,35 @@ async def check_swap_conflict_falls_back(a: SessionManager, b: SessionManager) -
     assert await ask(b, Read(sid)) == {"start": 1, "by_b": 5, "by_a": 3, "again": 4}
 
 
+async def check_a_read_beside_a_release_keeps_the_newer_record(m: SessionManager) -> None:
+    """A read and a release of one session in the same batch: what the release wrote is what
+    is remembered (the read may have seen the row before it), so the next save is a swap."""
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(n=0), 600))
+    actor = m._actor
+    assert actor is not None
+    p = sql_provider(m)
+    real = p._lookup_rows
+
+    async def slow_lookup(conn: Any, keys: list[str], refresh: set[str]) -> Any:
+        found = await real(conn, keys, refresh)  # (most likely) the row before the release ...
+        await asyncio.sleep(0.05)  # ... answered after the release is done
+        return found
+
+    p._lookup_rows = slow_lookup  # type: ignore[method-assign]
+    try:
+        before, batches = paths(m), actor.batches
+        for n in range(1, 6):
+            read, _ = await asyncio.gather(ask(m, Read(sid)), ask(m, Release(sid, update(n=n), 600)))
+            assert read in ({"n": n - 1}, {"n": n})
+        assert actor.batches - batches == 5
+    finally:
+        del p._lookup_rows
+    await ask(m, Release(sid, update(last=True), 600))
+    assert paths(m) - before == collections.Counter(swapped=6)
+    assert await ask(m, Read(sid)) == {"n": 5, "last": True}
+
+
 async def check_swap_never_resurrects(m: SessionManager, raw: RawRows) -> None:
     """A remembered session that was destroyed, or expired, meanwhile is not written back."""
     gone, expired, new = m.new_sid(), m.new_sid(), m.new_sid()

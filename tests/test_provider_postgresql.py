@@ -802,6 +802,11 @@ async def test_swap_conflict_falls_back_to_the_locked_path(table: str) -> None:
         await sql_helpers.check_swap_conflict_falls_back(a, b)
 
 
+async def test_a_read_beside_a_release_keeps_the_newer_record(table: str) -> None:
+    async with manager(table) as m:
+        await sql_helpers.check_a_read_beside_a_release_keeps_the_newer_record(m)
+
+
 async def test_swap_never_resurrects_a_destroyed_or_expired_session(table: str) -> None:
     async with manager(table) as m:
         await sql_helpers.check_swap_never_resurrects(m, raw_rows(table))

@@ -59,7 +59,7 @@ import operator
 import re
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from .. import codec
@@ -511,11 +511,16 @@ class SQLBatchProvider(Provider):
 
     # ------------------------------------------------------------ batched operations
 
-    async def _lookup(self, sids: Sequence[str], refresh: set[str]) -> Found:
+    async def _lookup(
+        self, sids: Sequence[str], refresh: set[str], written: Collection[str] = ()
+    ) -> Found:
         """Live, decodable rows of *sids* as ``{sid: (session_data, data)}``, in one SELECT.
 
         Rows of sids in *refresh* whose expiry is at least a refresh step
-        stale get it moved to now + lifetime, in one UPDATE.
+        stale get it moved to now + lifetime, in one UPDATE. The records
+        found are remembered, except for sids in *written*: releases running
+        beside this lookup write those, and what they remember is newer than
+        what the lookup may have seen.
         """
         fits = self._sid_fits
         keys = sorted({s for s in sids if fits(s) is not None})
@@ -524,7 +529,8 @@ class SQLBatchProvider(Provider):
         found = await self._run(lambda conn: self._lookup_rows(conn, keys, refresh))
         remember = self._remember
         for key, (blob, _) in found.items():
-            remember(key, blob)
+            if key not in written:
+                remember(key, blob)
         return found
 
     async def _release_many(self, items: Sequence[Release]) -> list[Any]:
@@ -805,8 +811,13 @@ class SQLBatchProvider(Provider):
                 sids.append(m.sid)
                 if type(m) is Read:
                     reads.add(m.sid)
+            written: set[str] = set()
+            for i in releases:
+                m = messages[i]
+                assert isinstance(m, Release)
+                written.add(m.sid)
             try:
-                found = await self._lookup(sids, reads)
+                found = await self._lookup(sids, reads, written)
             except Exception as exc:
                 for i in lookups:
                     results[i] = exc
