@@ -494,13 +494,15 @@ class SQLBatchProvider(Provider):
         old = known.pop(sid, None)
         if old is not None:
             self._known_bytes -= len(old)
-        if len(blob) > self.known_max_record:
+        size = len(blob)
+        if size > self.known_max_record:
             return
         known[sid] = blob
-        self._known_bytes += len(blob)
-        while len(known) > self.known_max_entries or self._known_bytes > self.known_max_bytes:
-            evicted = known.pop(next(iter(known)))
-            self._known_bytes -= len(evicted)
+        self._known_bytes += size
+        if len(known) > self.known_max_entries or self._known_bytes > self.known_max_bytes:
+            while len(known) > self.known_max_entries or self._known_bytes > self.known_max_bytes:
+                evicted = known.pop(next(iter(known)))
+                self._known_bytes -= len(evicted)
 
     def _forget(self, sids: Iterable[str]) -> None:
         known = self._known
