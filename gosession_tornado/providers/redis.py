@@ -283,8 +283,8 @@ class _Op:
 
     __slots__ = ("argv", "keys", "kind", "result", "sid")
 
-    def __init__(self, keys: tuple[str, ...], argv: list[Any], result: int, kind: str, sid: str) -> None:
-        #: The op's keys (``KEYS``) and its code and arguments (``ARGV``).
+    def __init__(self, keys: tuple[str, ...], argv: list[bytes], result: int, kind: str, sid: str) -> None:
+        #: The op's keys (``KEYS``) and its code and arguments (``ARGV``, all bytes).
         self.keys = keys
         self.argv = argv
         #: ``_NONE`` (answer ``None``), ``_HASH`` (session data or ``None``), ``_BOOL``,
@@ -572,7 +572,7 @@ class RedisProvider(BatchVerbs):
             raise TypeError(f"session lifetime must be whole seconds, got {expiry!r}")
         return max(1, expiry)
 
-    def _release_argv(self, changes: Changes, expiry: int) -> list[Any]:
+    def _release_argv(self, changes: Changes, expiry: int) -> list[bytes]:
         """``W`` and its arguments (see :data:`SESSION_SCRIPT`): only the keys the request changed.
 
         Set values are the msgpack bytes the session made at ``set()`` time.
@@ -580,14 +580,14 @@ class RedisProvider(BatchVerbs):
         deleted = changes.deleted
         items = changes.encoded_items()
         increments = changes.increments
-        argv: list[Any] = [
+        argv: list[bytes] = [
             b"W",
             b"1" if changes.create else b"0",
             b"1" if changes.flushed else b"0",
-            self._lifetime(expiry),
-            len(deleted),
-            2 * len(items),
-            2 * len(increments),
+            b"%d" % self._lifetime(expiry),
+            b"%d" % len(deleted),
+            b"%d" % (2 * len(items)),
+            b"%d" % (2 * len(increments)),
         ]
         if deleted:
             argv += [codec.encode(k) for k in deleted]
@@ -596,7 +596,7 @@ class RedisProvider(BatchVerbs):
         for key, (field, delta) in increments.items():
             if type(delta) is not int or not -_EXACT < delta < _EXACT:
                 raise TypeError(f"the redis store adds increments within +-2**53; {key!r} got {delta!r}")
-            argv += (field, delta)
+            argv += (field, b"%d" % delta)
         return argv
 
     def _regenerate_result(self, reply: Any) -> SessionData:
@@ -630,7 +630,7 @@ class RedisProvider(BatchVerbs):
         if isinstance(message, Regenerate):
             return _Op(
                 (self.key(message.old_sid), self.key(message.sid)),
-                [b"G", self._lifetime(self.max_lifetime)],
+                [b"G", b"%d" % self._lifetime(self.max_lifetime)],
                 _MOVED,
                 message.kind,
                 message.sid,
@@ -656,7 +656,7 @@ class RedisProvider(BatchVerbs):
 
     # ------------------------------------------------------------ round trips
 
-    async def _exchange(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def _exchange(self, commands: Sequence[Sequence[Any]], packed: bytes | None = None) -> list[Any]:
         """Write *commands* on the dedicated connection at once and read their replies: one round trip.
 
         A reply that is a Redis error comes back in place (its
@@ -672,7 +672,8 @@ class RedisProvider(BatchVerbs):
         conn = self._conn
         if conn is None:
             raise ProviderUnavailableError("the redis session provider is not connected (closed?)")
-        packed = _pack(commands)
+        if packed is None:
+            packed = _pack(commands)
         self.round_trips += 1
         self._sent = False
         try:
@@ -695,7 +696,7 @@ class RedisProvider(BatchVerbs):
             await _disconnect(conn)
             raise
 
-    async def _pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def _pipeline(self, commands: Sequence[Sequence[Any]], packed: bytes | None = None) -> list[Any]:
         """Send *commands* in one round trip; per-command errors come back in place.
 
         A connection failure is retried ``max_retries`` times (the batch is
@@ -709,7 +710,7 @@ class RedisProvider(BatchVerbs):
         failures = 0
         while True:
             try:
-                return await self._exchange(commands)
+                return await self._exchange(commands, packed)
             except (rexc.AuthenticationError, rexc.AuthorizationError) as exc:
                 raise self._unavailable(exc) from exc
             except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
@@ -765,16 +766,19 @@ class RedisProvider(BatchVerbs):
         """
         if not ops:
             return []
+        keys: Sequence[str]
+        argv: Sequence[bytes]
         if len(ops) == 1:
-            command = ops[0].args
+            keys, argv = ops[0].keys, ops[0].argv
         else:
-            keys: list[Any] = []
-            argv: list[Any] = []
+            all_keys: list[str] = []
+            all_argv: list[bytes] = []
             for op in ops:
-                keys += op.keys
-                argv += op.argv
-            command = ("EVALSHA", _SESSION_SHA, len(keys), *keys, *argv)
-        (reply,) = await self._pipeline((command,))
+                all_keys += op.keys
+                all_argv += op.argv
+            keys, argv = all_keys, all_argv
+        command = ("EVALSHA", _SESSION_SHA, len(keys), *keys, *argv)
+        (reply,) = await self._pipeline((command,), _pack_script(keys, argv))
         if isinstance(reply, rexc.NoScriptError):
             (reply,) = await self._reload_and_resend([command])
         if isinstance(reply, BaseException):  # the script as a whole failed (e.g. OOM)
@@ -906,9 +910,10 @@ class RedisProvider(BatchVerbs):
 
 
 _SESSION_SHA = SESSION_SCRIPT.sha
-_OP_READ: list[Any] = [b"R"]
-_OP_EXIST: list[Any] = [b"E"]
-_OP_DESTROY: list[Any] = [b"D"]
+_SESSION_SHA_BYTES = _SESSION_SHA.encode()
+_OP_READ: list[bytes] = [b"R"]
+_OP_EXIST: list[bytes] = [b"E"]
+_OP_DESTROY: list[bytes] = [b"D"]
 
 
 def may_repeat(command: Sequence[Any]) -> bool:
@@ -963,6 +968,21 @@ def _pack(commands: Sequence[Sequence[Any]]) -> bytes:
                     raise TypeError(f"cannot send a {kind.__name__} to redis: {arg!r:.40}")
                 arg = bytes(arg)
             put(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+def _pack_script(keys: Sequence[str], argv: Sequence[bytes]) -> bytes:
+    """``EVALSHA`` of :data:`SESSION_SCRIPT` with *keys* and *argv*, packed as :func:`_pack` would."""
+    out = [
+        b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n" % (3 + len(keys) + len(argv), _SESSION_SHA_BYTES),
+        b"$%d\r\n%d\r\n" % (len(str(len(keys))), len(keys)),
+    ]
+    put = out.append
+    for key in keys:
+        kb = key.encode()
+        put(b"$%d\r\n%b\r\n" % (len(kb), kb))
+    for arg in argv:
+        put(b"$%d\r\n%b\r\n" % (len(arg), arg))
     return b"".join(out)
 
 
