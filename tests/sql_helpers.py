@@ -17,10 +17,11 @@ import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import pytest
 import tornado.web
 
-from gosession_tornado import Session, SessionManager, SessionMixin
-from gosession_tornado.provider import Read, Release
+from gosession_tornado import Session, SessionManager, SessionMixin, codec
+from gosession_tornado.provider import Changes, Read, Release
 from gosession_tornado.providers._sql import SQLBatchProvider
 
 from .support import ask, create, provider_of, update
@@ -231,6 +232,42 @@ async def check_a_read_beside_a_release_keeps_the_newer_record(m: SessionManager
     assert await ask(m, Read(sid)) == {"n": 5, "last": True}
 
 
+def incr(**deltas: int) -> Changes:
+    """A release delta on an existing session: ``Session.incr`` of each key by its delta."""
+    return Changes(increments={k: (codec.encode(k), d) for k, d in deltas.items()})
+
+
+async def check_equal_increments_from_two_managers_both_count(a: SessionManager, b: SessionManager) -> None:
+    """Both managers read n=1 and increment it: the second swap misses, and finding the row
+    already holding the very bytes it meant to write (n=2) must not make it skip its own +1."""
+    sid = a.new_sid()
+    await ask(a, Release(sid, create(n=1), 600))
+    assert await ask(a, Read(sid)) == {"n": 1}
+    assert await ask(b, Read(sid)) == {"n": 1}
+    await ask(a, Release(sid, incr(n=1), 600))
+    before = paths(b)
+    await ask(b, Release(sid, incr(n=1), 600))
+    assert paths(b) - before == collections.Counter(conflicts=1, locked=1)
+    assert await ask(a, Read(sid)) == {"n": 3}
+
+
+async def check_managers_lose_no_increment(a: SessionManager, b: SessionManager, rounds: int = 15) -> None:
+    """Requests on two managers increment one counter at once: every increment counts."""
+    sid = a.new_sid()
+    await ask(a, Release(sid, create(n=0), 600))
+
+    async def requests(m: SessionManager) -> None:
+        for _ in range(rounds):
+            data = await m.read(sid)
+            assert data is not None
+            s = Session(m, sid, data)
+            s.incr("n")
+            await s.release()
+
+    await asyncio.gather(*(requests(m) for m in (a, a, b, b)))
+    assert await a.read(sid) == {"n": 4 * rounds}
+
+
 async def check_swap_never_resurrects(m: SessionManager, raw: RawRows) -> None:
     """A remembered session that was destroyed, or expired, meanwhile is not written back."""
     gone, expired, new = m.new_sid(), m.new_sid(), m.new_sid()
@@ -315,19 +352,25 @@ async def check_partly_matching_swap(
 async def check_retried_swap_is_not_applied_twice(
     m: SessionManager, lost: Callable[[], BaseException]
 ) -> None:
-    """The connection breaks after a swap was applied but before its answer arrived: the retry
-    misses (the row already holds the new record), and the locked path sees it is written."""
+    """The connection breaks after a swap was applied but before its answer arrived.
+
+    Plain changes: the retry misses (the row already holds the new record), and
+    the locked path sees it is written. Increments: the swap is not sent again
+    (it may have been written); the release fails, and the increment counts once.
+    """
+    from gosession_tornado import ProviderUnavailableError
+
     sid = m.new_sid()
-    await ask(m, Release(sid, create(a=1), 600))
-    assert await ask(m, Read(sid)) == {"a": 1}
+    await ask(m, Release(sid, create(a=1, n=0), 600))
+    assert await ask(m, Read(sid)) == {"a": 1, "n": 0}
     p = sql_provider(m)
     real = p._swap_rows
     calls = 0
 
-    async def applied_then_lost(conn: Any, rows: Any, now: float) -> set[str] | None:
+    async def applied_then_lost(conn: Any, rows: Any, now: float, exact: bool) -> tuple[set[str], set[str]]:
         nonlocal calls
         calls += 1
-        done = await real(conn, rows, now)
+        done = await real(conn, rows, now, exact)
         if calls == 1:
             raise lost()
         return done
@@ -336,14 +379,78 @@ async def check_retried_swap_is_not_applied_twice(
     try:
         statements, before = p.statements.copy(), paths(m)
         await ask(m, Release(sid, update(b=2, a=None), 600))
+        assert calls == 2
+        assert paths(m) - before == collections.Counter(conflicts=1, locked=1)
+        # Two swaps (the second missed), a locked read, and no write: it was there already.
+        assert (p.statements - statements)["update"] == 2
+        assert (p.statements - statements)["insert"] == 0
+        assert await ask(m, Read(sid)) == {"a": None, "b": 2, "n": 0}
+
+        calls = 0
+        with pytest.raises(ProviderUnavailableError):
+            await ask(m, Release(sid, incr(n=1), 600))
+        assert calls == 1  # never sent twice
     finally:
         del p._swap_rows
-    assert calls == 2
-    assert paths(m) - before == collections.Counter(conflicts=1, locked=1)
-    # Two swaps (the second missed), a locked read, and no write: it was there already.
-    assert (p.statements - statements)["update"] == 2
-    assert (p.statements - statements)["insert"] == 0
-    assert await ask(m, Read(sid)) == {"a": None, "b": 2}
+    assert await ask(m, Read(sid)) == {"a": None, "b": 2, "n": 1}
+    await ask(m, Release(sid, incr(n=1), 600))  # and the next one goes through
+    assert await ask(m, Read(sid)) == {"a": None, "b": 2, "n": 2}
+
+
+async def check_increments_in_a_partly_matching_batch(
+    a: SessionManager, b: SessionManager
+) -> collections.Counter[str]:
+    """As check_partly_matching_swap, with increments: each counts exactly once. Returns *a*'s
+    statement counts of that batch."""
+    kept, changed = a.new_sid(), a.new_sid()
+    for sid in (kept, changed):
+        await ask(a, Release(sid, create(n=1), 600))
+        assert await ask(a, Read(sid)) == {"n": 1}
+    assert await ask(b, Read(changed)) == {"n": 1}
+    await ask(b, Release(changed, incr(n=1), 600))  # changed: n=2, and the bytes a will try
+    p = sql_provider(a)
+    statements, before = p.statements.copy(), paths(a)
+    await asyncio.gather(ask(a, Release(kept, incr(n=1), 600)), ask(a, Release(changed, incr(n=1), 600)))
+    result = p.statements - statements
+    assert paths(a) - before == collections.Counter(swapped=1, conflicts=1, locked=1)
+    assert await ask(b, Read(kept)) == {"n": 2}
+    assert await ask(b, Read(changed)) == {"n": 3}
+    return result
+
+
+async def check_a_lost_commit_is_not_repeated_with_increments(
+    m: SessionManager, lost: Callable[[], BaseException]
+) -> None:
+    """The locked way, connection lost after COMMIT was sent: plain changes are sent again
+    (harmless), increments are not (the release fails; the increment counted once)."""
+    from gosession_tornado import ProviderUnavailableError
+
+    sid = m.new_sid()
+    await ask(m, Release(sid, create(n=0), 600))
+    p = sql_provider(m)
+    real = p._commit
+    calls = 0
+
+    async def committed_then_lost(conn: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await real(conn)
+        if calls == 1:
+            raise lost()
+
+    p._commit = committed_then_lost  # type: ignore[method-assign]
+    try:
+        p._forget([sid])  # not remembered: the locked way
+        await ask(m, Release(sid, update(a=1), 600))
+        assert calls == 2  # sent again, and harmless
+        p._forget([sid])
+        calls = 0
+        with pytest.raises(ProviderUnavailableError):
+            await ask(m, Release(sid, incr(n=1), 600))
+        assert calls == 1
+    finally:
+        del p._commit
+    assert await ask(m, Read(sid)) == {"n": 1, "a": 1}
 
 
 async def check_a_failing_statement_fails_only_its_releases(

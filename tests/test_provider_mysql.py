@@ -691,6 +691,16 @@ async def test_a_read_beside_a_release_keeps_the_newer_record(table: str) -> Non
         await sql_helpers.check_a_read_beside_a_release_keeps_the_newer_record(m)
 
 
+async def test_equal_increments_from_two_managers_both_count(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        await sql_helpers.check_equal_increments_from_two_managers_both_count(a, b)
+
+
+async def test_two_managers_lose_no_increment(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        await sql_helpers.check_managers_lose_no_increment(a, b)
+
+
 async def test_swap_never_resurrects_a_destroyed_or_expired_session(table: str) -> None:
     async with manager(table) as m:
         await sql_helpers.check_swap_never_resurrects(m, raw_rows(table))
@@ -721,6 +731,20 @@ async def test_a_failing_statement_fails_only_its_releases(table: str) -> None:
     async with manager(table) as m:
         await sql_helpers.check_a_failing_statement_fails_only_its_releases(
             m, lambda: pymysql.err.ProgrammingError(1064, "You have an error in your SQL syntax")
+        )
+
+
+async def test_increments_in_a_partly_matching_batch_count_once(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        statements = await sql_helpers.check_increments_in_a_partly_matching_batch(a, b)
+        # Increments never share a swap statement (the count would not say which matched).
+        assert statements == collections.Counter(update=3, begin=1, select=1, commit=1)
+
+
+async def test_a_lost_commit_is_not_repeated_with_increments(table: str) -> None:
+    async with manager(table) as m:
+        await sql_helpers.check_a_lost_commit_is_not_repeated_with_increments(
+            m, lambda: pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
         )
 
 

@@ -807,6 +807,16 @@ async def test_a_read_beside_a_release_keeps_the_newer_record(table: str) -> Non
         await sql_helpers.check_a_read_beside_a_release_keeps_the_newer_record(m)
 
 
+async def test_equal_increments_from_two_managers_both_count(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        await sql_helpers.check_equal_increments_from_two_managers_both_count(a, b)
+
+
+async def test_two_managers_lose_no_increment(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        await sql_helpers.check_managers_lose_no_increment(a, b)
+
+
 async def test_swap_never_resurrects_a_destroyed_or_expired_session(table: str) -> None:
     async with manager(table) as m:
         await sql_helpers.check_swap_never_resurrects(m, raw_rows(table))
@@ -840,6 +850,22 @@ async def test_a_failing_statement_fails_only_its_releases(table: str) -> None:
     async with manager(table) as m:
         await sql_helpers.check_a_failing_statement_fails_only_its_releases(
             m, lambda: asyncpg.PostgresSyntaxError("syntax error at or near \"INSERT\"")
+        )
+
+
+async def test_increments_in_a_partly_matching_batch_count_once(table: str) -> None:
+    async with manager(table) as a, manager(table) as b:
+        statements = await sql_helpers.check_increments_in_a_partly_matching_batch(a, b)
+        # RETURNING says which matched: one swap statement, then the locked write.
+        assert statements == collections.Counter(update=2, begin=1, select=1, commit=1)
+
+
+async def test_a_lost_commit_is_not_repeated_with_increments(table: str) -> None:
+    import asyncpg
+
+    async with manager(table) as m:
+        await sql_helpers.check_a_lost_commit_is_not_repeated_with_increments(
+            m, lambda: asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
         )
 
 

@@ -30,11 +30,17 @@ writes back; a missing or expired row is then recreated only for a new
 session (``changes.create``), never resurrected.
 
 A compare-and-swap may be retried after a lost connection, and (mysql) a
-multi-row one only says how many rows matched, not which; so the locked path
-treats a row that already holds exactly the record the attempt wrote as
-written. That is safe because applying changes is idempotent (``set``,
-``delete`` and ``flush`` give the same result applied once or twice): a row
-holding that record is one the changes were already applied to.
+multi-row one only says how many rows matched, not which. For such a row
+only (outcome unknown), the locked path treats a row that already holds
+exactly the record the attempt wrote as written. That is safe because those
+changes are idempotent (``set``, ``delete`` and ``flush`` give the same
+result applied once or twice). Increments (``Session.incr``) are not:
+releases carrying them get a compare-and-swap whose answer says exactly
+whether it was written (mysql: one statement per row), are never sent again
+once a lost connection may have let them through (the release fails with
+:class:`~gosession_tornado.errors.ProviderUnavailableError` instead: counted
+at most once), and a row that merely *looks* written (another request added
+the same increment) gets theirs applied on top.
 
 What holds (for every subclass):
 
@@ -278,13 +284,15 @@ class SQLBatchProvider(Provider):
         raise NotImplementedError
 
     async def _swap_rows(
-        self, conn: Any, rows: list[SwapRow], now: float
-    ) -> set[str] | None:  # pragma: no cover - subclass
+        self, conn: Any, rows: list[SwapRow], now: float, exact: bool
+    ) -> tuple[set[str], set[str]]:  # pragma: no cover - subclass
         """Compare-and-swap *rows*, no transaction: write the new record and expiry = now + lifetime
         where the row is live and holds exactly the old record.
 
-        Returns the sids written, or ``None`` when only some were and the
-        driver cannot tell which.
+        Returns ``(written, unsure)``: the sids written, and those that may or
+        may not have been (a statement that says how many rows matched, not
+        which). With *exact* (the rows carry increments) nothing may be
+        unsure.
         """
         raise NotImplementedError
 
@@ -414,12 +422,17 @@ class SQLBatchProvider(Provider):
             except Exception as exc:  # pragma: no cover - a pool that is going away anyway
                 self._log.debug("%s: releasing a connection failed: %s", self.dialect, exc)
 
-    async def _run(self, op: Callable[[Any], Awaitable[_T]]) -> _T:
+    async def _run(
+        self, op: Callable[[Any], Awaitable[_T]], *, may_repeat: Callable[[], bool] | None = None
+    ) -> _T:
         """Run *op* on a connection, retrying deadlocks, key races and lost connections.
 
         *op* must be safe to repeat from the start (each attempt is a fresh
-        transaction, on a fresh connection after a lost one). A connection
-        that failed, or whose call was cancelled, is closed and never reused.
+        transaction, on a fresh connection after a lost one), unless
+        *may_repeat* says otherwise: after a lost connection *op* is run again
+        only if ``may_repeat()`` is true (an increment that may have been
+        written is never sent twice; the call fails instead). A connection that
+        failed, or whose call was cancelled, is closed and never reused.
         """
         attempt = 0
         while True:
@@ -438,10 +451,19 @@ class SQLBatchProvider(Provider):
                     self._log.debug("%s: %s, retrying", self.dialect, self._describe(exc))
                     continue
                 if lost and attempt == 1:
-                    self._log.debug(
-                        "%s: connection lost (%s), retrying on a fresh one", self.dialect, self._describe(exc)
+                    if may_repeat is None or may_repeat():
+                        self._log.debug(
+                            "%s: connection lost (%s), retrying on a fresh one",
+                            self.dialect,
+                            self._describe(exc),
+                        )
+                        continue
+                    self._log.warning(
+                        "%s: connection lost (%s) after a save with increments was sent; not sent "
+                        "again (it may or may not have been written)",
+                        self.dialect,
+                        self._describe(exc),
                     )
-                    continue
                 raise self._translate(exc) from exc
             except BaseException as exc:  # cancelled (a batch over provider_timeout), or a bug
                 if conn is not None:
@@ -551,7 +573,8 @@ class SQLBatchProvider(Provider):
                 groups.setdefault(m.sid, []).append(i)
             else:
                 outcomes[i] = self._too_long(m.sid)
-        swaps: list[SwapRow] = []
+        swaps: list[SwapRow] = []  # changes that are safe to apply twice
+        counted: list[SwapRow] = []  # with increments: written exactly once or failed
         inserts: list[WriteRow] = []
         locked: list[int] = []
         known = self._known
@@ -570,45 +593,65 @@ class SQLBatchProvider(Provider):
                 locked += members
                 continue
             lifetime = 0
+            increments = False
             for i in members:
-                m = items[i]
-                if not m.changes.empty:
-                    m.changes.apply(data)
-                lifetime = m.expiry
+                changes = items[i].changes
+                if not changes.empty:
+                    changes.apply(data)
+                    increments = increments or bool(changes.increments)
+                lifetime = items[i].expiry
             try:
                 blob = self._encode(data, lifetime)
             except (TypeError, SessionError) as exc:
                 for i in members:
                     outcomes[i] = exc
                 continue
-            if old is not None:
-                swaps.append((sid, blob, lifetime, old))
-            else:
+            if old is None:
                 inserts.append((sid, blob, lifetime))
-        attempted: dict[str, bytes] = {}
+            else:
+                (counted if increments else swaps).append((sid, blob, lifetime, old))
+        # sid -> the record a statement may have written (outcome unknown); see _release_locked.
+        unsure: dict[str, bytes] = {}
         paths = self.release_paths
-        if swaps:
-            for sid, blob, _, _ in swaps:
-                attempted[sid] = blob
+        for rows, exact in ((swaps, False), (counted, True)):
+            if not rows:
+                continue
+            runs = 0
+
+            async def swap(
+                conn: Any, rows: list[SwapRow] = rows, exact: bool = exact
+            ) -> tuple[set[str], set[str]]:
+                nonlocal runs
+                runs += 1
+                return await self._swap_rows(conn, rows, time.time(), exact)
+
             try:
-                swapped = await self._run(lambda conn: self._swap_rows(conn, swaps, time.time()))
-            except Exception as exc:  # only these fail; new sessions and the locked way go on
-                for row in swaps:
+                # Increments: once sent, never again (a lost answer fails them instead).
+                written, maybe = await self._run(swap, may_repeat=(lambda: False) if exact else None)
+            except Exception as exc:  # only these fail; the other statements go on
+                for row in rows:
                     for i in groups[row[0]]:
                         outcomes[i] = exc
-            else:
-                for sid, blob, _, _ in swaps:
-                    if swapped is not None and sid in swapped:
-                        self._remember(sid, blob)
-                        paths["swapped"] += 1
-                    else:
-                        paths["conflicts"] += 1
-                        locked += groups[sid]
+                continue
+            for sid, blob, _, _ in rows:
+                if sid in written:
+                    self._remember(sid, blob)
+                    paths["swapped"] += 1
+                    continue
+                if sid in maybe or runs > 1:  # a lost first attempt may have written it
+                    unsure[sid] = blob
+                paths["conflicts"] += 1
+                locked += groups[sid]
         if inserts:
-            for sid, blob, _ in inserts:
-                attempted[sid] = blob
+            runs = 0
+
+            async def insert(conn: Any) -> set[str]:
+                nonlocal runs
+                runs += 1
+                return await self._insert_new(conn, inserts, time.time())
+
             try:
-                inserted = await self._run(lambda conn: self._insert_new(conn, inserts, time.time()))
+                inserted = await self._run(insert)
             except Exception as exc:
                 for new in inserts:
                     for i in groups[new[0]]:
@@ -619,29 +662,37 @@ class SQLBatchProvider(Provider):
                         self._remember(sid, blob)
                         paths["inserted"] += 1
                     else:
+                        if runs > 1:  # a fresh id: nobody else writes these exact bytes under it
+                            unsure[sid] = blob
                         locked += groups[sid]
         if locked:
             locked.sort()
             self.release_paths["locked"] += len({items[i].sid for i in locked})
             try:
-                await self._release_locked(items, locked, outcomes, attempted)
+                await self._release_locked(items, locked, outcomes, unsure)
             except Exception as exc:
                 for i in locked:
                     outcomes[i] = exc
         return outcomes
 
     async def _release_locked(
-        self, items: Sequence[Release], indexes: list[int], outcomes: list[Any], attempted: dict[str, bytes]
+        self, items: Sequence[Release], indexes: list[int], outcomes: list[Any], unsure: dict[str, bytes]
     ) -> None:
         """Apply the releases *indexes* of *items* in one transaction that locks their rows.
 
-        A live row that holds exactly ``attempted[sid]`` already has the
-        changes applied (a compare-and-swap of this batch wrote it): it is left
-        as it is.
+        ``unsure[sid]`` is a record a statement of this batch may have
+        written (its answer was lost, or it said "some rows matched" but not
+        which); those changes carry no increments, so applying them twice is
+        harmless. A live row that holds exactly that record has them: it is
+        left as it is. Releases with increments are never applied twice: a
+        connection lost after their COMMIT was sent fails them instead.
         """
         keys = sorted({items[i].sid for i in indexes})
+        commit_sent = False
+        counted = any(items[i].changes.increments for i in indexes)
 
         async def op(conn: Any) -> dict[str, bytes | None]:
+            nonlocal commit_sent
             for i in indexes:  # a retry starts over: only this attempt's outcomes count
                 outcomes[i] = None
             results: dict[str, bytes | None] = {}
@@ -663,7 +714,7 @@ class SQLBatchProvider(Provider):
             for i in indexes:
                 m = items[i]
                 row = state[m.sid]
-                if row.live and row.blob is not None and row.blob == attempted.get(m.sid):
+                if row.live and row.blob is not None and row.blob == unsure.get(m.sid):
                     continue  # already applied by this batch's compare-and-swap
                 if not row.live:
                     if not m.changes.create:
@@ -692,10 +743,11 @@ class SQLBatchProvider(Provider):
                 results[key] = blob
             if updates or inserts:
                 await self._write_rows(conn, updates, inserts, now)
+            commit_sent = True
             await self._commit(conn)
             return results
 
-        results = await self._run(op)
+        results = await self._run(op, may_repeat=(lambda: not commit_sent) if counted else None)
         for key, blob in results.items():
             if blob is None:
                 self._forget((key,))

@@ -462,16 +462,20 @@ class MySQLProvider(SQLBatchProvider):
         )
         return [(key, blob, int(expiry) > now) for key, blob, expiry in rows]
 
-    async def _swap_rows(self, conn: Any, rows: list[SwapRow], now: float) -> set[str] | None:
+    async def _swap_rows(
+        self, conn: Any, rows: list[SwapRow], now: float, exact: bool
+    ) -> tuple[set[str], set[str]]:
         """One autocommit UPDATE per packet-sized chunk: new record where the old one still is.
 
         The server says how many rows matched (``CLIENT.FOUND_ROWS``), not
-        which: a chunk that matched only some returns ``None``.
+        which: a chunk that matched only some of its rows leaves them all
+        unsure. With *exact* (increments), every row is its own statement.
         """
         live_after = math.floor(now)  # expiry (whole seconds) > now  <=>  expiry > floor(now)
-        done: set[str] = set()
-        partial = False
-        for chunk in split_rows(rows, self._max_statement, (1, 3), factor=2):
+        written: set[str] = set()
+        unsure: set[str] = set()
+        chunks = [[row] for row in rows] if exact else split_rows(rows, self._max_statement, (1, 3), factor=2)
+        for chunk in chunks:
             if len(chunk) == 1:
                 key, blob, lifetime, old = chunk[0]
                 sql = (
@@ -492,10 +496,10 @@ class MySQLProvider(SQLBatchProvider):
                 )
             matched, _ = await self._query(conn, sql)
             if matched == len(chunk):
-                done.update(r[0] for r in chunk)
+                written.update(r[0] for r in chunk)
             elif matched:
-                partial = True
-        return None if partial else done
+                unsure.update(r[0] for r in chunk)
+        return written, unsure
 
     async def _insert_new(self, conn: Any, rows: list[WriteRow], now: float) -> set[str]:
         """One autocommit multi-row INSERT per chunk; a chunk that hits an existing key inserts nothing."""

@@ -404,11 +404,14 @@ class PostgreSQLProvider(SQLBatchProvider):
         )
         return [(key, blob, bool(live)) for key, blob, live in rows]
 
-    async def _swap_rows(self, conn: Any, rows: list[SwapRow], now: float) -> set[str] | None:
+    async def _swap_rows(
+        self, conn: Any, rows: list[SwapRow], now: float, exact: bool
+    ) -> tuple[set[str], set[str]]:
         """Compare-and-swap, no transaction: the new record where the old one still is, live.
 
         One row: a plain ``UPDATE``; more: one ``UPDATE … FROM unnest(…)
-        RETURNING session_key`` per ~64 MiB, which says exactly which matched.
+        RETURNING session_key`` per ~64 MiB, which says exactly which matched
+        (so nothing is ever unsure, *exact* or not).
         """
         if len(rows) == 1:
             key, blob, lifetime, old = rows[0]
@@ -419,7 +422,7 @@ class PostgreSQLProvider(SQLBatchProvider):
                 "WHERE session_key = $1 AND session_data = $4 AND session_expiry > now()",
                 key, blob, lifetime, old,
             )
-            return {key} if _count(status) == 1 else set()
+            return ({key} if _count(status) == 1 else set()), set()
         done: set[str] = set()
         for chunk in split_rows(rows, _STATEMENT_BUDGET, (1, 3)):
             returned = await self._fetch(
@@ -433,7 +436,7 @@ class PostgreSQLProvider(SQLBatchProvider):
                 [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk], [r[3] for r in chunk],
             )
             done.update(r[0] for r in returned)
-        return done
+        return done, set()
 
     async def _insert_new(self, conn: Any, rows: list[WriteRow], now: float) -> set[str]:
         """``INSERT … ON CONFLICT DO NOTHING``, no transaction; the sids that went in."""
