@@ -30,6 +30,7 @@ EXTRAS["test"] = [
     # bench/harness.py draws docs/performance.rst's chart; tests/test_bench.py runs it with --quick
     "matplotlib>=3.8",
 ]
+EXTRAS["test"].append("build>=1.0")  # tests/test_packaging.py builds the sdist (no isolation)
 EXTRAS["docs"] = ["sphinx>=7"]
 EXTRAS["dev"] = sorted(set(EXTRAS["all"] + EXTRAS["test"] + EXTRAS["docs"] + ["tox>=4"]))
 
@@ -39,6 +40,7 @@ setup(
     description="beego's session manager for Tornado: one interface, many providers, run as asyncio actors",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    author="The gosession-tornado developers",
     license="BSD-3-Clause",
     python_requires=">=3.11",
     packages=find_packages(include=["gosession_tornado", "gosession_tornado.*"]),
@@ -48,11 +50,22 @@ setup(
     install_requires=["tornado>=6.4", "msgpack>=1.0", "cryptography>=42"],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["gosession-tornado = gosession_tornado.cli:main"]},
+    # Only what the test suite runs on: CPython 3.11 on Linux (the file provider uses flock
+    # and, where the kernel has it, renameat2).
     classifiers=[
+        "Development Status :: 4 - Beta",
         "Framework :: AsyncIO",
+        "Intended Audience :: Developers",
+        "License :: OSI Approved :: BSD License",
+        "Operating System :: POSIX :: Linux",
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
         "Programming Language :: Python :: 3.11",
         "Topic :: Internet :: WWW/HTTP :: Session",
         "Typing :: Typed",
+    ],
+    keywords=[
+        "tornado", "session", "sessions", "beego", "gorilla", "asyncio", "redis", "memcached",
+        "mysql", "postgresql", "cookie", "fernet",
     ],
 )

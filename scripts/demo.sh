@@ -7,5 +7,7 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]"
+if ! .venv/bin/python -c "import gosession_tornado, tornado" 2>/dev/null; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]"
+fi
 exec .venv/bin/python -m demo_app "$@"

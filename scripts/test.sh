@@ -6,9 +6,16 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
+    .venv/bin/python -m pip install -q --disable-pip-version-check -U pip
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -U pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all,test,docs]"
+# Install (again) only when the dependencies changed since the last install: a second run
+# needs no network. The stamp is the hash of the files that declare them.
+stamp=".venv/.gosession-installed-$(cat setup.py pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all,test,docs]"
+    rm -f .venv/.gosession-installed-*
+    touch "$stamp"
+fi
 # The browser test drives Debian's chromium (nothing is downloaded at test time).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Debian's chromium for the browser tests" >&2
