@@ -69,6 +69,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from .. import codec
+from .._log import get_logger
 from ..errors import ConfigError, SessionError
 from ..provider import (
     Changes,
@@ -180,7 +181,7 @@ class SQLBatchProvider(Provider):
     payload_limit: ClassVar[str] = "session table"
     #: How the key column is described in the "ids too long" message.
     key_column: ClassVar[str] = "session_key varchar(64)"
-    _log: ClassVar[logging.Logger] = logging.getLogger("gosession_tornado.sql")
+    _log: ClassVar[logging.Logger] = get_logger("gosession_tornado.sql")
     #: Driver exceptions :meth:`_run` retries or translates.
     _driver_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
     #: Sessions whose stored record is remembered for compare-and-swap releases.

@@ -80,7 +80,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import logging
 import random
 import time
 import warnings
@@ -91,6 +90,7 @@ from urllib.parse import parse_qs, unquote
 import emcache
 
 from .. import codec
+from .._log import get_logger
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
 from ..provider import (
     GC,
@@ -118,7 +118,7 @@ __all__ = [
     "DEFAULT_PORT",
 ]
 
-log = logging.getLogger("gosession_tornado.memcache")
+log = get_logger("gosession_tornado.memcache")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11211

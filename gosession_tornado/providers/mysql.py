@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import ssl
 import time
@@ -73,13 +72,14 @@ import aiomysql
 import pymysql
 from pymysql.constants import CLIENT
 
+from .._log import get_logger
 from ..dsn import MySQLSettings, parse_mysql_config
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
 from ._sql import GC_CHUNK, SID_RE, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
 
 __all__ = ["MySQLProvider", "MEDIUMBLOB_MAX"]
 
-log = logging.getLogger("gosession_tornado.mysql")
+log = get_logger("gosession_tornado.mysql")
 
 #: Largest value a MEDIUMBLOB holds, in bytes.
 MEDIUMBLOB_MAX = 2**24 - 1

@@ -59,20 +59,20 @@ What holds:
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 import zlib
 from typing import Any
 
 import asyncpg
 
+from .._log import get_logger
 from ..errors import ConfigError, ProviderUnavailableError, SessionError
 from ..pg_dsn import PostgreSQLSettings, parse_postgresql_config
 from ._sql import GC_CHUNK, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
 
 __all__ = ["PostgreSQLProvider", "MAX_PAYLOAD"]
 
-log = logging.getLogger("gosession_tornado.postgresql")
+log = get_logger("gosession_tornado.postgresql")
 
 #: Largest encoded session stored, in bytes (``bytea`` itself holds up to 1 GiB).
 MAX_PAYLOAD = 16 * 1024 * 1024
