@@ -566,7 +566,7 @@ class RedisClusterProvider(RedisProvider):
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
-    async def _pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def _pipeline(self, commands: Sequence[Sequence[Any]], packed: bytes | None = None) -> list[Any]:
         """Send *commands* as one pipeline per owning node, concurrently; errors come back in place.
 
         ``SCRIPT LOAD`` commands go to every master first. A node that fails
@@ -574,6 +574,8 @@ class RedisClusterProvider(RedisProvider):
         commands, with :class:`ProviderUnavailableError`; they are re-sent
         ``max_retries`` times after refreshing the slot map (not a save with
         an increment, which may have run already: see ``may_repeat``).
+        *packed* (the base class's ready-made bytes) is not used: redis-py
+        packs each node's pipeline.
         """
         client = self._require_cluster()
         replies: list[Any] = [None] * len(commands)
