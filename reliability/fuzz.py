@@ -36,6 +36,7 @@ import base64
 import collections
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import pathlib
@@ -750,9 +751,12 @@ def run_campaign(examples: int | None = None, providers: tuple[str, ...] = PROVI
                     "requests": sum(target.statuses.values()),
                     "failures": target.failures,
                     "seconds": round(time.monotonic() - started, 1),
+                    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 })
         except StoreUnavailableError as exc:
             result.update({"skipped": str(exc), "examples": 0, "failures": []})
+        except Exception as exc:  # the server did not start: the provider fails, the others run
+            result.update({"examples": 0, "failures": [f"setup: {type(exc).__name__}: {str(exc)[-1500:]}"]})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         results.append(result)

@@ -512,8 +512,12 @@ class Model:
                 self._check_counter(counter, op, key)
         if flash_known:
             self._check_flashes(ops)
+        for counter in counters.values():
+            self.counts["increments_acknowledged"] += sum(1 for op in counter.ops if op.definite)
+            self.counts["increments_unacknowledged"] += sum(1 for op in counter.ops if not op.definite)
+        self._end_evidence(ops, registers, counters)
         if any(op.final for op in ops):
-            self._final_evidence(ops, registers, counters)
+            self._final_evidence(ops, counters)
 
     def _check_register(self, register: _Register, r: Op, key: str) -> None:
         assert r.data is not None
@@ -571,22 +575,33 @@ class Model:
                 self.counts["flashes_read"] += len(got)
                 pending = []
 
-    def _final_evidence(self, ops: list[Op], registers: dict[str, _Register],
-                        counters: dict[str, _Counter]) -> None:
+    def _end_evidence(self, ops: list[Op], registers: dict[str, _Register],
+                      counters: dict[str, _Counter]) -> None:
+        """What the lineage's last read (its destroy, or the final read) confirmed."""
+        reads = [op for op in ops if op.ok and op.data is not None]
+        if not reads:
+            return
+        r = max(reads, key=lambda op: op.sent)
+        self.counts["lineage_end_reads"] += 1
+        for key, register in registers.items():
+            if key != FLASH_KEY and register.floor(r.sent) > -INF:
+                self.counts["end_keys_verified"] += 1  # its last acknowledged value was checked
+        for counter in counters.values():
+            self.counts["end_increments_verified"] += counter.bounds(r)[0]
+
+    def _final_evidence(self, ops: list[Op], counters: dict[str, _Counter]) -> None:
+        """The final read's counters, for the sessions alive when the load stopped."""
         final = [op for op in ops if op.final and op.ok and op.data is not None]
         if not final:
             return
         r = final[-1]
         assert r.data is not None
         self.counts["final_reads"] += 1
-        for register in registers.values():
-            if any(w.definite for w, _ in register.writes):
-                self.counts["final_keys_verified"] += 1
         for key, counter in counters.items():
-            self.counts["increments_acknowledged"] += sum(1 for op in counter.ops if op.definite)
-            self.counts["increments_unacknowledged"] += sum(1 for op in counter.ops if not op.definite)
+            self.counts["final_increments_acknowledged"] += sum(1 for op in counter.ops if op.definite)
+            self.counts["final_increments_unacknowledged"] += sum(1 for op in counter.ops if not op.definite)
             value = r.data.get(key, 0)
-            self.counts["increments_in_store"] += value if isinstance(value, int) else 0
+            self.counts["final_increments_in_store"] += value if isinstance(value, int) else 0
 
     # ------------------------------------------------------------ summary
 

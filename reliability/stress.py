@@ -88,6 +88,10 @@ class RunConfig:
     request_timeout: float = 20.0
     #: Print a progress line per sample (soak on a terminal).
     progress: bool = False
+    #: Seconds a session lives idle (``max_lifetime``; GC every quarter of it); ``None``: the
+    #: provider's default (an hour). Soak runs use a short one, so that the sessions the run
+    #: abandons expire and the store reaches a steady size.
+    max_lifetime: int | None = None
 
     def process_count(self) -> int:
         if self.processes is not None:
@@ -306,8 +310,8 @@ class _Load:
                 conn.close()
 
     async def sample(self, samples: list[dict[str, Any]]) -> None:
-        """Every ``sample_every`` seconds: requests so far and each process's RSS and fds."""
-        while True:
+        """Every ``sample_every`` seconds, while the load runs: requests, each process's RSS and fds."""
+        while self.budget_left() or not samples:
             samples.append({
                 "t": round(self.ctx.elapsed(), 2),
                 "requests": self.issued,
@@ -374,6 +378,9 @@ async def _run_on(cfg: RunConfig, setup: StoreSetup, fault: Fault, workdir: path
         allowed_statuses=fault.allowed_statuses, allow_transport_errors=fault.allow_transport_errors,
     )
     processes = cfg.process_count() if setup.shared else 1
+    if cfg.max_lifetime is not None:
+        setup.config = {**setup.config, "max_lifetime": cfg.max_lifetime,
+                        "gc_lifetime": max(1, cfg.max_lifetime // 4)}
     servers: list[ServerProcess] = []
     ctx = RunContext(cfg, setup, servers, model)
     await fault.before(ctx)
@@ -396,13 +403,11 @@ async def _run_on(cfg: RunConfig, setup: StoreSetup, fault: Fault, workdir: path
         started = time.monotonic()
         await asyncio.gather(*(load.client(i) for i in range(cfg.clients)))
         load_seconds = time.monotonic() - started
-        await faulting
-        await load.final_reads()
-        sampler.cancel()
+        sampler.cancel()  # its samples were all taken under load (clients connected)
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
-        samples.append({"t": round(ctx.elapsed(), 2), "requests": load.issued,
-                        "rss_kb": [s.rss_kb() for s in servers], "fds": [s.fds() for s in servers]})
+        await faulting
+        await load.final_reads()
         model.finish()
         await fault.after(ctx)
     finally:
@@ -417,6 +422,7 @@ async def _run_on(cfg: RunConfig, setup: StoreSetup, fault: Fault, workdir: path
         "clients": cfg.clients,
         "sessions": sessions,
         "seed": cfg.seed,
+        "max_lifetime": cfg.max_lifetime,
         "requests_target": cfg.requests,
         "seconds_target": cfg.seconds,
         "mix": MIX,
@@ -472,8 +478,9 @@ def describe(result: dict[str, Any]) -> str:
         f"p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms",
         f"  statuses {result['statuses']}; acknowledged writes {c.get('acknowledged_writes', 0)}, "
         f"reads checked {c.get('reads_checked', 0)} ({c.get('key_reads_checked', 0)} key reads), "
-        f"increments acknowledged {c.get('increments_acknowledged', 0)} / in store "
-        f"{c.get('increments_in_store', 0)}, regenerates {c.get('regenerates', 0)}, destroys "
+        f"increments acknowledged {c.get('increments_acknowledged', 0)} (final reads: "
+        f"{c.get('final_increments_acknowledged', 0)} acknowledged, "
+        f"{c.get('final_increments_in_store', 0)} in store), regenerates {c.get('regenerates', 0)}, destroys "
         f"{c.get('destroys', 0)}, probes refused {c.get('probes_refused', 0)}",
         f"  violations: {result['violations'] or 'none'}",
     ]
@@ -507,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault", default="none", help="fault scenario (reliability.faults)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--warmup", type=float, default=None, help="soak warm-up seconds (default 20%%)")
+    parser.add_argument("--max-lifetime", type=int, default=None,
+                        help="session max_lifetime in seconds (soak default 20, else the provider's)")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="results directory")
     parser.add_argument("--no-write", action="store_true", help="print only, write no result file")
     parser.add_argument("--fuzz", action="store_true", help="also run the fuzz campaign (reliability.fuzz)")
@@ -526,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds=seconds, seed=args.seed, fault=args.fault,
             warmup=args.warmup if args.warmup is not None else (0.2 * seconds if seconds else 10.0),
             sample_every=min(5.0, seconds / 10) if seconds else 2.0,
+            max_lifetime=args.max_lifetime if args.max_lifetime is not None else (20 if seconds else None),
             progress=bool(seconds) and sys.stdout.isatty(),
         )
         try:
