@@ -147,6 +147,10 @@ class ActorRef:
         self._timer_at = math.inf
         #: Deadline of the batch inside the provider now (``math.inf``: none).
         self._batch_deadline = math.inf
+        #: A batch of one runs on a caller's stack now (see :meth:`call`); settled when it ends.
+        self._inline: asyncio.Future[None] | None = None
+        #: The provider lets an idle actor run an ask on the caller's stack (see :meth:`call`).
+        self.inline_when_idle = bool(getattr(provider, "inline_when_idle", False))
         self._batch_timed_out = False
 
     # ------------------------------------------------------------ lifecycle
@@ -223,15 +227,74 @@ class ActorRef:
             self._arm(deadline)
         self._mailbox.append(Envelope(message, fut, now, deadline))
         waiter = self._wakeup
-        if waiter is not None:
+        if waiter is not None and self._inline is None:
             self._wakeup = None
             waiter.set_result(None)
         return fut
 
+    async def call(self, message: Message) -> Any:
+        """``await ask(message)``, but without the hop when the actor is idle.
+
+        For a provider that allows it (``inline_when_idle``: the network and
+        file providers), an ask to an idle actor runs the provider's
+        ``handle_batch([message])`` right here, on the caller's stack, while
+        the actor counts as busy: messages sent meanwhile queue up and run
+        after it, in order, as they would behind any batch. The same exclusive
+        access and order, minus two turns of the event loop, which is what a
+        request pays when there is nothing to batch (concurrency 1). The call
+        is bounded by ``timeout`` seconds like any batch.
+
+        :raises ProviderUnavailableError: if it takes longer than ``timeout``.
+        :raises Exception: whatever the provider raised for this message.
+        """
+        if not (self.inline_when_idle and self.idle):
+            return await self.ask(message)
+        loop = self._loop
+        assert loop is not None
+        done: asyncio.Future[None] = loop.create_future()
+        self._inline = done
+        started = loop.time()
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, 1)
+        try:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    outcomes = await self.provider.handle_batch([message])
+            except TimeoutError:
+                outcomes = [
+                    ProviderUnavailableError(
+                        f"session provider {self.name!r} took longer than {self.timeout:g} s; "
+                        "is its server up?"
+                    )
+                ]
+            if len(outcomes) != 1:
+                outcomes = [
+                    RuntimeError(
+                        f"{type(self.provider).__name__}.handle_batch returned {len(outcomes)} "
+                        "results for 1 message"
+                    )
+                ]
+        except Exception as exc:  # the whole batch failed
+            outcomes = [exc]
+        finally:
+            self._inline = None
+            done.set_result(None)
+            if self._mailbox:
+                self._wake()
+        outcome = outcomes[0]
+        self._record(message.kind, started, error=isinstance(outcome, BaseException))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
     @property
     def idle(self) -> bool:
         """True while running with nothing queued and no batch in progress (a message would run next)."""
-        return not (self._mailbox or self._current or self._closing) and self._loop is not None
+        return (
+            not (self._mailbox or self._current or self._closing)
+            and self._inline is None
+            and self._loop is not None
+        )
 
     def call_now(self, message: Message) -> Any:
         """Answer *message* on the caller's stack (only while :attr:`idle`, for an ``in_process`` provider).
@@ -265,7 +328,7 @@ class ActorRef:
 
     def _wake(self) -> None:
         waiter = self._wakeup
-        if waiter is not None:
+        if waiter is not None and (self._inline is None or self._closing):
             self._wakeup = None
             if not waiter.done():
                 waiter.set_result(None)
@@ -345,6 +408,9 @@ class ActorRef:
                     waiter: asyncio.Future[None] = loop.create_future()
                     self._wakeup = waiter
                     await waiter
+                    continue
+                if self._inline is not None:  # a caller runs a batch of one: queue behind it
+                    await asyncio.shield(self._inline)
                     continue
                 if len(mailbox) <= self.max_batch:
                     self._mailbox = collections.deque()
@@ -426,6 +492,8 @@ class ActorRef:
 
     async def _shutdown(self) -> None:
         self._closing = True
+        if self._inline is not None:  # a batch running on a caller's stack finishes first
+            await asyncio.shield(self._inline)
         # Anything that slipped in meanwhile fails too.
         self._fail(list(self._mailbox))
         self._mailbox.clear()

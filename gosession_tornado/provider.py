@@ -299,6 +299,14 @@ class Provider(abc.ABC):
     #: that other processes read.
     in_process: ClassVar[bool] = False
 
+    #: True for a provider whose ``handle_batch`` may run on a caller's stack
+    #: (see :meth:`ActorRef.call <gosession_tornado.actor.ActorRef.call>`): when
+    #: the actor is idle, a read runs there as a batch of one, exclusively and
+    #: in order, without the hop to the actor task. The built-in network and
+    #: file providers set it; leave it False if your provider relies on
+    #: running in the actor's own task.
+    inline_when_idle: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "in_process" not in cls.__dict__:
@@ -501,5 +509,8 @@ _VERBS: dict[type[Message], Callable[[Provider, Any], Coroutine[Any, Any, Any]]]
 }
 
 
-#: Message kinds an ``in_process`` provider answers in :meth:`Provider.handle_now`.
-NOW_KINDS: frozenset[type[Message]] = frozenset({Read, Release, Exist, Destroy, Regenerate})
+#: Message kinds an ``in_process`` provider answers in :meth:`Provider.handle_now`
+#: (a client-side one: :class:`DecodeCookie` and :class:`EncodeCookie`).
+NOW_KINDS: frozenset[type[Message]] = frozenset(
+    {Read, Release, Exist, Destroy, Regenerate, DecodeCookie, EncodeCookie}
+)

@@ -392,3 +392,86 @@ async def test_init_that_hangs_makes_start_fail_cleanly() -> None:
     assert not ref.running
     with pytest.raises(ProviderClosedError):
         await ref.ask(All())
+
+
+# ---------------------------------------------------------------- call(): inline when idle
+
+
+class InlineProvider(DictProvider):
+    """A provider that lets an idle actor run an ask on the caller's stack."""
+
+    inline_when_idle = True
+
+
+async def test_call_runs_inline_on_an_idle_actor_and_queues_the_rest_behind_it() -> None:
+    p = InlineProvider()
+    ref = ActorRef(p, timeout=5)
+    await ref.start(60, "")
+    try:
+        await ref.ask(put(SID, a=1))
+        p.tasks.clear()
+        assert await ref.call(Read(SID)) == {"a": 1}
+        assert p.tasks == {asyncio.current_task()}  # ran right here, no hop
+        # while one caller runs a batch inline, the others queue and run after it,
+        # in the actor task, never two batches at once
+        p.tasks.clear()
+        first = asyncio.ensure_future(ref.call(Read("block-inline")))
+        await asyncio.wait_for(p.entered.wait(), 5)
+        assert not ref.idle
+        behind = [asyncio.ensure_future(ref.call(Read(SID))) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert not any(f.done() for f in behind)  # waiting behind the inline batch
+        p.gate.set()
+        assert await first is None
+        assert await asyncio.gather(*behind) == [{"a": 1}] * 5
+        assert p.max_in_flight == 1
+        assert len(p.tasks) == 2  # the first caller's task, then the actor's for the queued batch
+        assert ref.stats()["read"]["calls"] >= 7
+    finally:
+        await ref.close()
+
+
+async def test_call_inline_is_bounded_by_the_timeout_and_the_actor_goes_on() -> None:
+    p = InlineProvider()
+    ref = ActorRef(p, timeout=0.2)
+    await ref.start(60, "")
+    try:
+        with pytest.raises(ProviderUnavailableError, match="took longer"):
+            await ref.call(Read("block-forever-inline"))
+        assert ref.idle
+        await ref.ask(put(SID, ok=True))
+        assert await ref.call(Read(SID)) == {"ok": True}
+        assert ref.stats()["read"]["errors"] == 1
+    finally:
+        await ref.close()
+
+
+async def test_close_waits_for_an_inline_batch_then_fails_the_queue() -> None:
+    p = InlineProvider()
+    ref = ActorRef(p, timeout=5)
+    await ref.start(60, "")
+    running = asyncio.ensure_future(ref.call(Read("block-close")))
+    await asyncio.wait_for(p.entered.wait(), 5)
+    queued = asyncio.ensure_future(ref.call(Read(SID)))
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(ref.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done() and not p.closed  # the provider is not closed under a running batch
+    p.gate.set()
+    assert await running is None
+    await asyncio.wait_for(closing, 5)
+    with pytest.raises(ProviderClosedError):
+        await queued
+    assert p.closed
+
+
+async def test_a_provider_without_the_flag_always_runs_in_the_actor_task() -> None:
+    p = DictProvider()
+    ref = ActorRef(p)
+    await ref.start(60, "")
+    try:
+        p.tasks.clear()
+        await ref.call(Read(SID))
+        assert asyncio.current_task() not in p.tasks
+    finally:
+        await ref.close()

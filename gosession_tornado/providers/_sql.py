@@ -175,6 +175,8 @@ class SQLBatchProvider(Provider):
     provider's actor.
     """
 
+    inline_when_idle = True
+
     #: Provider name, as said in messages and logs (``"mysql"``).
     dialect: ClassVar[str] = "sql"
     #: What limits the size of an encoded session, as said in the "too large" message.

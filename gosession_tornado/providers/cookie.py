@@ -77,7 +77,7 @@ from .. import codec
 from .._log import get_logger
 from ..config import ManagerConfig, normalize_key
 from ..errors import ConfigError, CookieTooLargeError
-from ..provider import Changes, DecodedCookie, Provider, SessionData
+from ..provider import Changes, DecodeCookie, DecodedCookie, EncodeCookie, Message, Provider, SessionData
 
 __all__ = [
     "CookieProvider",
@@ -275,6 +275,9 @@ class CookieProvider(Provider):
     """
 
     client_side = True
+    #: Decoding and encoding a cookie is pure computation: while the actor is
+    #: idle the manager runs them on the request's own stack (see ``handle_now``).
+    in_process = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -405,6 +408,14 @@ class CookieProvider(Provider):
             return self._reject(f"expired {age - lifetime} s ago (lifetime {lifetime} s)")
         refresh = age >= lifetime * REFRESH_FRACTION
         return DecodedCookie(sid, data, None, reissue=stale or refresh)
+
+    def handle_now(self, message: Message) -> Any:
+        """Decode or encode a cookie synchronously (pure computation, nothing to wait for)."""
+        if isinstance(message, DecodeCookie):
+            return self.decode_value(message.value)
+        if isinstance(message, EncodeCookie):
+            return self.encode_value(message.sid, message.data, message.expiry)
+        raise TypeError(f"the cookie provider does not answer {message!r} synchronously")
 
     async def cookie_decode(self, value: str) -> DecodedCookie | None:
         return self.decode_value(value)

@@ -1315,6 +1315,8 @@ class FileProvider(BatchVerbs):
     ``{"save_path": path}``. See the module docstring for the guarantees.
     """
 
+    inline_when_idle = True
+
     def __init__(self) -> None:
         super().__init__()
         self.save_path = ""

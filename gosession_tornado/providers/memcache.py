@@ -629,6 +629,8 @@ class MemcacheProvider(BatchVerbs):
     commands sent, one network round trip each) and :attr:`cas_conflicts`.
     """
 
+    inline_when_idle = True
+
     extra = "memcache"
 
     def __init__(self) -> None:

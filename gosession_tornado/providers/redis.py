@@ -327,6 +327,8 @@ class RedisProvider(BatchVerbs):
     cluster replaces the round trip itself (:meth:`_pipeline`).
     """
 
+    inline_when_idle = True
+
     extra = "redis"
 
     def __init__(self) -> None:
