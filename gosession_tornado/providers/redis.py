@@ -71,7 +71,6 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
-import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -89,6 +88,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, ExponentialBackoff
 
 from .. import codec
+from .._log import get_logger
 from ..errors import ConfigError, ProviderUnavailableError
 from ..provider import (
     GC,
@@ -106,7 +106,7 @@ from ..redis_config import RedisConfig, parse_redis_config
 
 __all__ = ["RedisProvider", "META_FIELD", "RedisScript"]
 
-log = logging.getLogger("gosession_tornado.redis")
+log = get_logger("gosession_tornado.redis")
 
 #: Hash field holding the session's idle lifetime (seconds). ``0xc1`` never starts a msgpack value.
 META_FIELD = b"\xc1lifetime"
