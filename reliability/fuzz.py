@@ -188,6 +188,13 @@ class Target:
         return self.setup.client_side
 
     @property
+    def sid_shape(self) -> re.Pattern[str]:
+        """The ids this manager issues: its prefix and ``session_id_length`` bytes of hex."""
+        prefix = str(self.setup.config.get("session_id_prefix", ""))
+        length = int(self.setup.config.get("session_id_length", 16))
+        return re.compile(re.escape(prefix) + f"[0-9a-f]{{{2 * length}}}")
+
+    @property
     def save_path(self) -> pathlib.Path | None:
         if self.provider != "file":
             return None
@@ -285,7 +292,7 @@ class Target:
                 raise InvariantError(f"unexpected response header {name[:40]!r}: {value[:80]!r}")
             if name.lower() == "set-cookie":
                 cookies.append(value)
-            if name.lower() == HEADER_NAME.lower() and value and not _SID.fullmatch(value):
+            if name.lower() == HEADER_NAME.lower() and value and not self.sid_shape.fullmatch(value):
                 raise InvariantError(f"the sid header carries {value[:80]!r}")
         if len(cookies) > 1:
             raise InvariantError(f"{len(cookies)} Set-Cookie headers: {cookies}")
@@ -294,7 +301,7 @@ class Target:
             name, _, value = first.partition("=")
             if name != self.cookie_name:
                 raise InvariantError(f"Set-Cookie for another cookie: {header[:120]!r}")
-            shape = _FERNET_ALPHABET if self.client_side else _SID
+            shape = _FERNET_ALPHABET if self.client_side else self.sid_shape
             if value and not shape.fullmatch(value):
                 raise InvariantError(f"Set-Cookie value of an unexpected shape: {value[:120]!r}")
             for attr in attrs:
@@ -464,9 +471,15 @@ def sid_strategy(target: Target) -> st.SearchStrategy[str]:
         return forms[how % len(forms)]
 
     alive = st.sampled_from(sorted(target.live)) if target.live else st.just("0" * 32)
+    prefix = str(target.setup.config.get("session_id_prefix", ""))
+    hex_len = 2 * int(target.setup.config.get("session_id_length", 16))
+    well_formed = st.text(alphabet="0123456789abcdef", min_size=hex_len, max_size=hex_len).map(
+        lambda h: prefix + h
+    )
     return st.one_of(
         _TEXT,
         _HEX,
+        well_formed,
         st.text(alphabet="0123456789abcdefABCDEF", min_size=1, max_size=80),
         st.builds(lambda t, s: t + s, st.sampled_from(TRAVERSALS), _TEXT),
         st.builds(lambda s, t: s + t, _TEXT, st.sampled_from(TRAVERSALS)),
@@ -685,8 +698,12 @@ DEFAULT_EXAMPLES = {"sid inputs": 300, "values": 25, "tampered tokens": 300, "au
 
 
 @contextlib.contextmanager
-def open_target(provider: str, workdir: pathlib.Path) -> Iterator[Target]:
+def open_target(
+    provider: str, workdir: pathlib.Path, overrides: dict[str, Any] | None = None,
+) -> Iterator[Target]:
     """The fuzz server of *provider* in *workdir* (sid from cookie, header and query).
+
+    *overrides*: ``SessionManager`` settings to change (``session_id_prefix``, ...).
 
     :raises StoreUnavailableError: if the provider's store cannot be used here.
     """
@@ -699,8 +716,9 @@ def open_target(provider: str, workdir: pathlib.Path) -> Iterator[Target]:
         config = dict(setup.config)
         config.update({
             "enable_sid_in_http_header": True, "session_name_in_http_header": HEADER_NAME,
-            "enable_sid_in_url_query": True,
+            "enable_sid_in_url_query": True, **(overrides or {}),
         })
+        setup.config = config
         server = SyncServer({"config": config, "imports": setup.imports}, workdir, jail)
         server.start()
         try:

@@ -215,13 +215,18 @@ class Model:
     *client_side*: the cookie provider (the jar holds the whole session; one
     client per slot). *allowed_statuses*: non-200 statuses that are not
     violations (a fault scenario's 503s). *cookie_name*: the session cookie.
+    *allow_transport_errors*: requests without an answer are not violations.
+    *eager_new_sessions*: the manager's option of that name (beego's behaviour): a
+    new session is stored, and gets its cookie, even by a read.
     """
 
     def __init__(
         self, slots: int, *, client_side: bool = False, cookie_name: str = "sid",
         allowed_statuses: frozenset[int] = frozenset(), allow_transport_errors: bool = False,
+        eager_new_sessions: bool = False,
     ) -> None:
         self.client_side = client_side
+        self.eager = eager_new_sessions
         self.cookie_name = cookie_name
         self.allowed_statuses = allowed_statuses
         self.allow_transport_errors = allow_transport_errors
@@ -447,7 +452,7 @@ class Model:
         if op.kind == "regen" and served:
             if not mine or mine[-1][0] != op.result:
                 self.violation("header", "regenerate did not send the new id", op)
-        elif op.new and op.kind in WRITE_KINDS:
+        elif op.new and (op.kind in WRITE_KINDS or self.eager):
             if not mine or mine[-1][0] != op.sid_in:
                 self.violation("header", "the first write of a new session sent no cookie with its id", op)
         elif mine:

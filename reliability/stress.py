@@ -92,6 +92,8 @@ class RunConfig:
     #: provider's default (an hour). Soak runs use a short one, so that the sessions the run
     #: abandons expire and the store reaches a steady size.
     max_lifetime: int | None = None
+    #: ``SessionManager`` settings to change for this run (``--set key=value``).
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def process_count(self) -> int:
         if self.processes is not None:
@@ -371,16 +373,19 @@ async def run(cfg: RunConfig, workdir: pathlib.Path) -> dict[str, Any]:
 
 
 async def _run_on(cfg: RunConfig, setup: StoreSetup, fault: Fault, workdir: pathlib.Path) -> dict[str, Any]:
+    if cfg.max_lifetime is not None:
+        setup.config = {**setup.config, "max_lifetime": cfg.max_lifetime,
+                        "gc_lifetime": max(1, cfg.max_lifetime // 4)}
+    if cfg.overrides:
+        setup.config = {**setup.config, **cfg.overrides}
     sessions = cfg.clients if setup.client_side else cfg.sessions
     model = Model(
         sessions, client_side=setup.client_side,
         cookie_name=str(setup.config.get("cookie_name", "gosessionid")),
         allowed_statuses=fault.allowed_statuses, allow_transport_errors=fault.allow_transport_errors,
+        eager_new_sessions=bool(setup.config.get("eager_new_sessions")),
     )
     processes = cfg.process_count() if setup.shared else 1
-    if cfg.max_lifetime is not None:
-        setup.config = {**setup.config, "max_lifetime": cfg.max_lifetime,
-                        "gc_lifetime": max(1, cfg.max_lifetime // 4)}
     servers: list[ServerProcess] = []
     ctx = RunContext(cfg, setup, servers, model)
     await fault.before(ctx)
@@ -423,6 +428,7 @@ async def _run_on(cfg: RunConfig, setup: StoreSetup, fault: Fault, workdir: path
         "sessions": sessions,
         "seed": cfg.seed,
         "max_lifetime": cfg.max_lifetime,
+        "overrides": cfg.overrides,
         "requests_target": cfg.requests,
         "seconds_target": cfg.seconds,
         "mix": MIX,
@@ -516,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=None, help="soak warm-up seconds (default 20%%)")
     parser.add_argument("--max-lifetime", type=int, default=None,
                         help="session max_lifetime in seconds (soak default 20, else the provider's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a SessionManager setting for the run (JSON value, or a string), repeatable")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="results directory")
     parser.add_argument("--no-write", action="store_true", help="print only, write no result file")
     parser.add_argument("--fuzz", action="store_true", help="also run the fuzz campaign (reliability.fuzz)")
@@ -527,6 +535,15 @@ def main(argv: list[str] | None = None) -> int:
     if not providers and not args.fuzz and not args.report:
         parser.error("give --provider NAME, --all, --fuzz or --report")
     seconds = args.seconds if args.seconds is not None else (args.minutes * 60 if args.minutes else None)
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(raw)
+        except ValueError:
+            overrides[key] = raw
     failed = False
     for provider in providers:
         cfg = RunConfig(
@@ -536,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup if args.warmup is not None else (0.2 * seconds if seconds else 10.0),
             sample_every=min(5.0, seconds / 10) if seconds else 2.0,
             max_lifetime=args.max_lifetime if args.max_lifetime is not None else (20 if seconds else None),
+            overrides=overrides,
             progress=bool(seconds) and sys.stdout.isatty(),
         )
         try:

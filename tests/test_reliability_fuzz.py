@@ -77,6 +77,20 @@ def test_fuzz_every_input(target: Target) -> None:
         }, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
+@pytest.mark.parametrize("provider", ["file", "redis", "cookie"])
+def test_fuzz_ids_of_another_shape(provider: str, tmp_path: pathlib.Path) -> None:
+    """A prefix, 20-byte ids and hashed store keys: the same properties hold."""
+    overrides = {"session_id_prefix": "app-", "session_id_length": 20, "hash_session_ids": True}
+    try:
+        with open_target(provider, tmp_path, overrides) as t:
+            for name in PROPERTIES:
+                run_property(t, name, examples_per_property(60))
+            assert t.server.log_problems() == []
+            assert all(sid.startswith("app-") and len(sid) == 44 for sid in t.live)
+    except StoreUnavailableError as exc:
+        fail_or_skip(f"{provider}: {exc}")
+
+
 # ---------------------------------------------------------------- the checks fail when they must
 
 

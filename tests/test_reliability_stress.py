@@ -66,3 +66,28 @@ async def test_stress_holds_the_model(provider: str, tmp_path: pathlib.Path) -> 
     else:
         assert c["probes_refused"] >= 40, summary
         assert result["processes"] == (1 if provider == "memory" else 3)
+
+
+#: Manager options the default runs leave alone, each a different code path.
+OPTIONS = {
+    "eager new sessions": {"eager_new_sessions": True},
+    "hashed ids, sid header": {"hash_session_ids": True, "enable_sid_in_http_header": True},
+}
+
+
+@pytest.mark.parametrize("provider", ["memory", "redis"])
+@pytest.mark.parametrize("options", sorted(OPTIONS))
+async def test_stress_holds_the_model_with_other_options(
+    provider: str, options: str, tmp_path: pathlib.Path
+) -> None:
+    """Contention on two sessions (48 clients), with manager options the default run does not set."""
+    cfg = RunConfig(provider=provider, requests=2_000, clients=48, sessions=2, overrides=OPTIONS[options])
+    try:
+        result = await run(cfg, tmp_path)
+    except StoreUnavailableError as exc:
+        fail_or_skip(f"{provider}: {exc}")
+    summary = describe(result)
+    assert result["violations"] == {}, summary
+    assert result["statuses"] == {"200": result["requests"]}, summary
+    assert result["overrides"] == OPTIONS[options]
+    assert result["counts"]["acknowledged_writes"] >= 400, summary
