@@ -130,7 +130,7 @@ class ServerProcess:
         return self.proc.pid
 
     async def start(self, timeout: float = 60.0) -> None:
-        """Start it and wait for ``LISTENING <port>``."""
+        """Start it and wait for ``LISTENING <port>``; started again, it listens on the same port."""
         spec_path = self.workdir / f"server-{self.index}.json"
         spec_path.write_text(json.dumps(self.spec), encoding="utf-8")
         env = dict(os.environ)
@@ -154,6 +154,7 @@ class ServerProcess:
             tail = self.log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"server process {self.index} did not start: {line!r}\n{tail}")
         self.port = int(line.split()[1])
+        self.spec = {**self.spec, "port": self.port}  # a restart (fault scenarios) keeps the port
 
     def rss_kb(self) -> int | None:
         """Resident set size (kB) from ``/proc``, or ``None``."""

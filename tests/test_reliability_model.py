@@ -324,6 +324,31 @@ async def test_the_unbroken_dict_store_passes(tmp_path: pathlib.Path) -> None:
 # ---------------------------------------------------------------- the fault hook
 
 
+class RestartFault(Fault):
+    """Kills the one application process mid-load and starts it again on the same port."""
+
+    name = "test-restart"
+    description = "the application process killed and restarted (the hook's own test)"
+    allow_transport_errors = True
+    ports: list[int] = []
+
+    async def during(self, ctx: RunContext) -> None:
+        server = ctx.servers[0]
+        await asyncio.sleep(0.3)
+        RestartFault.ports.append(server.port)
+        server.send_signal(9)
+        ctx.mark("kill")
+        assert server.proc is not None
+        await server.proc.wait()
+        await server.start()
+        RestartFault.ports.append(server.port)
+        ctx.mark("restart")
+        await asyncio.sleep(0.3)
+
+    def summary(self, ctx: RunContext) -> dict[str, Any]:
+        return {"fault": self.description, "injected": 1}
+
+
 class MarkingFault(Fault):
     """A scenario that injects nothing: it marks events and checks what it is given."""
 
@@ -363,6 +388,19 @@ async def test_a_fault_scenario_runs_beside_the_load(tmp_path: pathlib.Path) -> 
     assert fault["name"] == "test-marks" and fault["survived"] is True and fault["injected"] == 1
     assert [e["event"] for e in fault["events"]] == ["before", "inject", "heal"]
     assert stress.result_name(result) == "fault-test-marks-memory.json"
+
+
+async def test_a_fault_scenario_can_restart_an_application_process(tmp_path: pathlib.Path) -> None:
+    """file provider (its sessions outlive the process): kill -9 the one process, start it again on
+    its port; clients reconnect, and the model holds (requests without an answer are allowed)."""
+    if "test-restart" not in FAULTS:
+        register_fault("test-restart", RestartFault)
+    cfg = RunConfig(provider="file", processes=1, requests=600, clients=8, fault="test-restart")
+    result = await run_in(cfg, tmp_path)
+    assert RestartFault.ports[0] == RestartFault.ports[1]
+    assert result["fault"]["survived"], stress.describe(result)
+    assert result["violations"] == {}, stress.describe(result)
+    assert result["statuses"]["200"] >= 600 - result["counts"].get("transport_errors", 0)
 
 
 def test_command_line_writes_a_result_and_soak_measures_growth(tmp_path: pathlib.Path) -> None:
