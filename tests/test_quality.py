@@ -20,7 +20,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check_is_clean() -> None:
-    targets = ["gosession_tornado", "tests", "demo_app", "bench", "setup.py"]
+    targets = ["gosession_tornado", "tests", "demo_app", "bench", "reliability", "setup.py"]
     proc = _run("ruff", "check", *targets)
     assert proc.returncode == 0, f"ruff check {' '.join(targets)} failed:\n{proc.stdout}\n{proc.stderr}"
 
