@@ -54,14 +54,28 @@ Failure
     (the mixin answers 503); sessions on the other masters keep working (if the
     servers run with ``cluster-require-full-coverage no`` or the dead master
     has a replica that takes over). After a node failure the slot map is
-    fetched again (at most once per second), so a promoted replica is found;
-    a restarted node is used again as soon as it answers, and scripts it
-    forgot are loaded again (``NOSCRIPT`` retry). The refresh asks the node
-    that failed last only after the others and takes at most
-    0.15 x ``provider_timeout``. A node that hangs (accepts connections, never
-    answers) holds every batch that touches it for the 0.8 x ``provider_timeout``
-    socket timeout, so under load calls queued behind such a batch can time
-    out as well.
+    fetched again in the background (at most once per second; no batch waits
+    for it), so a promoted replica is found; scripts a restarted node forgot
+    are loaded again (``NOSCRIPT`` retry). The refresh asks the node that
+    failed last only after the others and takes at most 0.15 x ``provider_timeout``.
+
+Per-node circuits (fail fast)
+    Each node's pipeline of a batch may take at most :attr:`RedisClusterProvider.node_deadline`
+    (0.3 x ``provider_timeout``, at least 0.1 s); the healthy nodes' results of
+    the batch are never held longer than that. A node that misses it (it
+    hangs: accepts connections, never answers), refuses the connection or
+    drops it has its **circuit opened**: from then on every call for its slots
+    fails at once with ``ProviderUnavailableError``, without touching the
+    network, and the other masters' sessions are served as if nothing
+    happened. In the background a probe waits first 0.25 s, then sends a
+    ``PING`` on a connection of its own and waits up to
+    :attr:`RedisClusterProvider.circuit_cap` (2 s) for the answer; a failed
+    probe doubles the period (0.25, 0.5, 1, 2, 2 ... s). The first answer
+    closes the circuit: a hung node that resumes answers the pending probe
+    at once, so its sessions are served again within milliseconds; a
+    restarted node within one period. The node's pooled connections are
+    dropped then (a restarted node's are dead). A node that leaves the slot
+    map (its replica was promoted) is no longer probed.
 
 ``provider_config`` forms: see :func:`parse_cluster_config`.
 """
@@ -69,6 +83,7 @@ Failure
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -106,7 +121,7 @@ from .redis import (
     may_repeat,
 )
 
-__all__ = ["RedisClusterProvider", "ClusterConfig", "parse_cluster_config"]
+__all__ = ["ClusterConfig", "NodeCircuit", "NodeHungError", "RedisClusterProvider", "parse_cluster_config"]
 
 log = logging.getLogger("gosession_tornado.redis_cluster")
 
@@ -119,6 +134,15 @@ _REFRESH_INTERVAL = 1.0
 _REFRESH_BUDGET = 0.15
 #: redis-py >= 5.3 can ask the node that failed last only after the others.
 _DEFERS_FAILED_NODE = "last_failed_node_name" in inspect.signature(NodesManager.initialize).parameters
+
+#: Share of ``provider_timeout`` one node's pipeline may take before the node counts as hung
+#: (its messages fail and its circuit opens); at least 0.1 s, at most 0.8 x ``provider_timeout``.
+_NODE_DEADLINE = 0.3
+#: Seconds a circuit stays open before its first probe; the period doubles after each failed
+#: probe, up to :data:`_CIRCUIT_CAP`.
+_CIRCUIT_FIRST = 0.25
+#: Longest period between two probes of a node, and longest a probe waits for its PONG.
+_CIRCUIT_CAP = 2.0
 
 
 # ---------------------------------------------------------------- config
@@ -376,6 +400,53 @@ def _command_key(args: Sequence[Any]) -> Any:
     return args[1]
 
 
+class NodeHungError(TimeoutError):
+    """A node did not answer within the provider's per-node deadline (``node_deadline``)."""
+
+    def __init__(self, node: str, deadline: float) -> None:
+        super().__init__(f"no answer from {node} within {deadline:g} s")
+        self.node = node
+
+
+def _node_failed(exc: BaseException) -> bool:
+    """True for an error that means the node itself is down or hung (its circuit opens).
+
+    A refused or dropped connection, a timeout, a node still loading its data.
+    Not a full connection pool (the node is fine, this process is busy) and
+    not an error the node answered (``CLUSTERDOWN`` and the like).
+    """
+    if isinstance(exc, rexc.MaxConnectionsError):
+        return False
+    return isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, TimeoutError, OSError))
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Done callback of an abandoned node pipeline: its outcome is not needed (and not logged)."""
+    if not task.cancelled():
+        task.exception()
+
+
+class NodeCircuit:
+    """The open circuit of one cluster node: its sessions fail at once while it exists.
+
+    Made by the first failure of the node (a refused connection, or no
+    answer within the provider's ``node_deadline``); removed when a probe
+    (a ``PING`` on a connection of its own) is answered.
+    """
+
+    __slots__ = ("name", "node", "period", "probe", "probes", "reason", "since")
+
+    def __init__(self, node: ClusterNode, reason: str) -> None:
+        self.node = node
+        self.name: str = node.name
+        self.reason = reason
+        self.since = time.monotonic()
+        #: Seconds until the next probe (doubles after each failed one, up to the provider's cap).
+        self.period = _CIRCUIT_FIRST
+        self.probes = 0
+        self.probe: asyncio.Task[None] | None = None
+
+
 # ---------------------------------------------------------------- provider
 
 
@@ -397,6 +468,18 @@ class RedisClusterProvider(RedisProvider):
         self._next_refresh = 0.0
         #: Name (``host:port``) of the node that failed last; asked last when refreshing the slot map.
         self._last_failed: str | None = None
+        #: The slot-map refresh running in the background (never awaited by a batch, except a retry).
+        self._refresh_task: asyncio.Task[None] | None = None
+        #: Open circuits, by node name (see :class:`NodeCircuit`).
+        self._circuits: dict[str, NodeCircuit] = {}
+        #: Seconds one node's pipeline may take before the node counts as hung (set at init).
+        self.node_deadline = 1.5
+        #: First open period of a circuit, and the cap of its doubling (seconds).
+        self.circuit_first = _CIRCUIT_FIRST
+        self.circuit_cap = _CIRCUIT_CAP
+        #: Circuits opened since init, and calls failed at once because their node's circuit was open.
+        self.circuit_trips = 0
+        self.fast_failures = 0
 
     # ------------------------------------------------------------ setup
 
@@ -449,6 +532,7 @@ class RedisClusterProvider(RedisProvider):
         self.redis_config = dataclasses.replace(cfg.options, host=host, port=port)
         timeout = self._timeout()
         self.handover_ttl = max(60, 2 * math.ceil(timeout))
+        self.node_deadline = min(0.8 * timeout, max(_NODE_DEADLINE * timeout, 0.1))
         self._cluster = client = self.make_cluster_client(cfg, timeout)
         try:
             await client.initialize()
@@ -458,7 +542,7 @@ class RedisClusterProvider(RedisProvider):
         primaries = client.get_primaries()
         self.round_trips += len(primaries)
         results = await asyncio.gather(
-            *(self._load_scripts(node) for node in primaries), return_exceptions=True
+            *(self._bounded(node, self._load_scripts(node)) for node in primaries), return_exceptions=True
         )
         failures = [(n, r) for n, r in zip(primaries, results) if isinstance(r, BaseException)]
         for _, error in failures:
@@ -471,6 +555,8 @@ class RedisClusterProvider(RedisProvider):
         for node, error in failures:  # the others serve; this node's sessions fail until it is back
             log.warning("redis cluster node %s: loading the session scripts failed: %s", node.name, error)
             self._stale = True
+            if _node_failed(error):
+                self._trip(node, error)
 
     def _init_error(self, exc: BaseException) -> Exception:
         location = self.cluster_config.location
@@ -497,7 +583,16 @@ class RedisClusterProvider(RedisProvider):
             await node.execute_command("SCRIPT LOAD", script.source)
 
     async def session_close(self) -> None:
-        """Close the cluster client and every node's connections."""
+        """Stop the probes and the slot-map refresh; close the cluster client and every node's connections."""
+        tasks = [c.probe for c in self._circuits.values() if c.probe is not None]
+        if self._refresh_task is not None:
+            tasks.append(self._refresh_task)
+        self._circuits.clear()
+        self._refresh_task = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         client, self._cluster = self._cluster, None
         if client is not None:
             await client.aclose()
@@ -522,42 +617,195 @@ class RedisClusterProvider(RedisProvider):
             raise ProviderUnavailableError("the redis_cluster session provider is not connected (closed?)")
         return self._cluster
 
+    # ------------------------------------------------------------ circuits
+
+    @property
+    def open_circuits(self) -> dict[str, dict[str, Any]]:
+        """The nodes whose circuit is open now: name -> ``reason``, ``open_s``, ``period_s``, ``probes``."""
+        now = time.monotonic()
+        return {
+            name: {"reason": c.reason, "open_s": round(now - c.since, 3), "period_s": c.period,
+                   "probes": c.probes}
+            for name, c in self._circuits.items()
+        }
+
+    def _trip(self, node: ClusterNode, exc: BaseException) -> None:
+        """Open *node*'s circuit (if it is not open yet) and start probing it in the background."""
+        self._stale = True
+        self._last_failed = node.name
+        if node.name in self._circuits or self._cluster is None:
+            return
+        circuit = NodeCircuit(node, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        circuit.period = self.circuit_first
+        self._circuits[node.name] = circuit
+        self.circuit_trips += 1
+        log.warning(
+            "redis cluster node %s failed (%s); its sessions fail at once until it answers a PING "
+            "(first probe in %g s); the other masters are not affected",
+            node.name, circuit.reason, circuit.period,
+        )
+        circuit.probe = asyncio.ensure_future(self._probe_loop(circuit))
+        self._schedule_refresh()
+
+    def _open_error(self, circuit: NodeCircuit) -> ProviderUnavailableError:
+        self.fast_failures += 1
+        age = time.monotonic() - circuit.since
+        return ProviderUnavailableError(
+            f"redis cluster node {circuit.name} is unavailable (it failed {age:.1f} s ago: "
+            f"{circuit.reason}); its sessions fail at once until it answers again (probed every "
+            f"{self.circuit_cap:g} s at most); sessions on the other masters are not affected."
+        )
+
+    async def _probe_loop(self, circuit: NodeCircuit) -> None:
+        """Probe the node of an open *circuit* until it answers; then close the circuit.
+
+        The circuit stays open for :attr:`circuit_first` seconds, then one
+        ``PING`` goes to the node on a connection of its own, waiting up to
+        :attr:`circuit_cap` seconds for the answer (a hung node that resumes
+        answers it at once). A failed probe doubles the period (up to
+        :attr:`circuit_cap`) before the next one; a probe that waited for its
+        answer counts that wait as part of the period. A node that left the
+        slot map (its replica was promoted) is forgotten instead.
+        """
+        wait = circuit.period
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(wait)
+                started = loop.time()
+                circuit.probes += 1
+                if await self._probe(circuit.node):
+                    await self._close_circuit(circuit)
+                    return
+                client = self._cluster
+                if client is None:
+                    return
+                if circuit.name not in client.nodes_manager.nodes_cache:
+                    log.info("redis cluster node %s left the slot map; no longer probed", circuit.name)
+                    self._forget(circuit)
+                    return
+                self._stale = True  # its replica may have been promoted meanwhile
+                self._schedule_refresh()
+                circuit.period = min(circuit.period * 2, self.circuit_cap)
+                wait = max(0.0, circuit.period - (loop.time() - started))
+        except asyncio.CancelledError:
+            self._forget(circuit)
+            raise
+
+    async def _probe(self, node: ClusterNode) -> bool:
+        """True if *node* answers a ``PING`` on a new connection within :attr:`circuit_cap` seconds."""
+        kwargs = dict(node.connection_kwargs)
+        kwargs["socket_timeout"] = None  # bounded below, as a whole
+        conn = node.connection_class(**kwargs)
+        try:
+            async with asyncio.timeout(max(self.circuit_cap, self.node_deadline)):
+                connect: Any = conn.connect  # untyped in redis-py
+                await connect()
+                await conn.send_command("PING")
+                await conn.read_response()
+            return True
+        except (TimeoutError, rexc.RedisError, OSError) as exc:
+            log.debug("redis cluster node %s: probe failed: %s", node.name, exc)
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+
+    async def _close_circuit(self, circuit: NodeCircuit) -> None:
+        node = circuit.node
+        # Its pooled connections may be dead (a restarted node): they reconnect on next use.
+        drop = getattr(node, "disconnect_free_connections", None) or node.disconnect
+        try:
+            await asyncio.wait_for(drop(), self.node_deadline)
+        except Exception as exc:  # pragma: no cover - closing sockets
+            log.debug("redis cluster node %s: dropping its connections failed: %s", node.name, exc)
+        self._forget(circuit)
+        log.warning(
+            "redis cluster node %s answers again after %.2f s (%d probes); its sessions are served again",
+            circuit.name, time.monotonic() - circuit.since, circuit.probes,
+        )
+
+    def _forget(self, circuit: NodeCircuit) -> None:
+        if self._circuits.get(circuit.name) is circuit:
+            del self._circuits[circuit.name]
+
+    async def _bounded(self, node: ClusterNode, work: Any) -> Any:
+        """Await *work* (a coroutine for *node*) for at most :attr:`node_deadline` seconds.
+
+        :raises NodeHungError: if the node did not answer in time.
+        """
+        try:
+            async with asyncio.timeout(self.node_deadline):
+                return await work
+        except TimeoutError:
+            raise NodeHungError(node.name, self.node_deadline) from None
+
     # ------------------------------------------------------------ round trips
 
-    async def _refresh_slots(self, client: RedisCluster) -> None:
-        """Fetch the slot map again after a node failure (at most once per second)."""
+    def _schedule_refresh(self) -> None:
+        """Fetch the slot map again in the background after a node failure (at most once per second).
+
+        No batch waits for it (only a retry does, see :meth:`_pipeline`): the
+        sessions of a hung node already fail at once, and those of the other
+        nodes go on with the map they have.
+        """
+        client = self._cluster
+        if client is None or not self._stale:
+            return
+        if self._refresh_task is not None and not self._refresh_task.done():
+            return
         now = time.monotonic()
-        if not self._stale or now < self._next_refresh:
+        if now < self._next_refresh:
             return
         self._next_refresh = now + _REFRESH_INTERVAL
+        self._refresh_task = asyncio.ensure_future(self._refresh_slots(client))
+
+    async def _refresh_slots(self, client: RedisCluster) -> None:
+        """Fetch the slot map, asking the node that failed last (or has an open circuit) last."""
         manager = client.nodes_manager
         failed = self._last_failed
+        if failed is None or failed not in self._circuits:
+            failed = next(iter(self._circuits), failed)
         kwargs: dict[str, Any] = {}
         if failed is not None and failed in manager.startup_nodes:
             manager.startup_nodes[failed] = manager.startup_nodes.pop(failed)  # asked last
             if _DEFERS_FAILED_NODE:
                 kwargs["last_failed_node_name"] = failed
         try:
-            # Bounded: a hung node must not make the whole batch miss provider_timeout.
+            # Bounded: a hung node asked for the map must not hold a retry past provider_timeout.
             await asyncio.wait_for(manager.initialize(**kwargs), _REFRESH_BUDGET * self._timeout())
             self._stale = False
         except Exception as exc:  # keep the old map; the next failure retries
             log.info("redis cluster: refreshing the slot map failed: %s", exc)
 
+    async def _await_refresh(self) -> None:
+        """Wait (bounded) for the background slot-map refresh, if one runs."""
+        task = self._refresh_task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=_REFRESH_BUDGET * self._timeout())
+
     async def _load_everywhere(self, source: str) -> Any:
-        """``SCRIPT LOAD`` on every master that answers; the sha, or the error if none did."""
+        """``SCRIPT LOAD`` on every master that answers; the sha, or the error if none did.
+
+        A master whose circuit is open is skipped; one that does not answer
+        within :attr:`node_deadline` has its circuit opened.
+        """
         client = self._require_cluster()
-        primaries = client.get_primaries()
+        primaries = [n for n in client.get_primaries() if n.name not in self._circuits]
         self.round_trips += len(primaries)
         results = await asyncio.gather(
-            *(node.execute_command("SCRIPT LOAD", source) for node in primaries),
+            *(self._bounded(node, node.execute_command("SCRIPT LOAD", source)) for node in primaries),
             return_exceptions=True,
         )
+        for node, result in zip(primaries, results):
+            if isinstance(result, BaseException) and _node_failed(result):
+                self._trip(node, result)
         for result in results:
             if not isinstance(result, BaseException):
                 return result
         self._stale = True
-        return self._unavailable(results[0] if results else RuntimeError("no master known"))
+        self._schedule_refresh()
+        return self._unavailable(results[0] if results else RuntimeError("no master answers"))
 
     async def _node_pipeline(self, client: RedisCluster, commands: Sequence[Sequence[Any]]) -> list[Any]:
         pipe = client.pipeline()
@@ -566,16 +814,61 @@ class RedisClusterProvider(RedisProvider):
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
+    async def _run_groups(
+        self, client: RedisCluster, groups: list[tuple[ClusterNode, list[int]]],
+        commands: Sequence[Sequence[Any]],
+    ) -> list[Any]:
+        """One pipeline per node, concurrently, each cut off after :attr:`node_deadline`.
+
+        Returns, per group, the node's replies or the exception that ended its
+        pipeline (:class:`NodeHungError` when it ran out of time: the
+        pipeline is cancelled, which closes its connection). The healthy
+        nodes' results are never held longer than the slowest node's deadline.
+        """
+        deadline = self.node_deadline
+        if len(groups) == 1:
+            node, idx = groups[0]
+            try:
+                return [await self._bounded(node, self._node_pipeline(client, [commands[i] for i in idx]))]
+            except Exception as exc:
+                return [exc]
+        tasks = [
+            asyncio.ensure_future(self._node_pipeline(client, [commands[i] for i in idx]))
+            for _, idx in groups
+        ]
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=deadline)
+        except BaseException:  # the batch itself was cancelled: so is every node's pipeline
+            for task in tasks:
+                task.cancel()
+                task.add_done_callback(_retrieve)
+            raise
+        out: list[Any] = []
+        for (node, _), task in zip(groups, tasks):
+            if task in pending:
+                task.cancel()
+                task.add_done_callback(_retrieve)
+                out.append(NodeHungError(node.name, deadline))
+            elif task.cancelled():  # pragma: no cover - nothing else cancels it
+                out.append(NodeHungError(node.name, deadline))
+            else:
+                error = task.exception()
+                out.append(error if error is not None else task.result())
+        return out
+
     async def _pipeline(self, commands: Sequence[Sequence[Any]], packed: bytes | None = None) -> list[Any]:
         """Send *commands* as one pipeline per owning node, concurrently; errors come back in place.
 
-        ``SCRIPT LOAD`` commands go to every master first. A node that fails
-        (connection refused, timeout, slot not covered) fails only its own
-        commands, with :class:`ProviderUnavailableError`; they are re-sent
-        ``max_retries`` times after refreshing the slot map (not a save with
-        an increment, which may have run already: see ``may_repeat``).
-        *packed* (the base class's ready-made bytes) is not used: redis-py
-        packs each node's pipeline.
+        ``SCRIPT LOAD`` commands go to every master first. A node whose
+        circuit is open fails its commands at once. A node that fails
+        (connection refused, no answer within :attr:`node_deadline`, slot not
+        covered) fails only its own commands, with
+        :class:`ProviderUnavailableError`, and a refused connection or a
+        timeout opens its circuit; its commands are re-sent ``max_retries``
+        times after refreshing the slot map (not a save with an increment,
+        which may have run already: see ``may_repeat``), unless the circuit
+        is open. *packed* (the base class's ready-made bytes) is not used:
+        redis-py packs each node's pipeline.
         """
         client = self._require_cluster()
         replies: list[Any] = [None] * len(commands)
@@ -585,12 +878,16 @@ class RedisClusterProvider(RedisProvider):
                 replies[index] = await self._load_everywhere(args[1])
             else:
                 todo.append(index)
+        circuits = self._circuits
         for attempt in range(1 + self.cluster_config.options.max_retries):
             if not todo:
                 break
             if attempt:
                 self._next_refresh = 0.0
-            await self._refresh_slots(client)
+                self._schedule_refresh()
+                await self._await_refresh()
+            elif self._stale:
+                self._schedule_refresh()
             groups: dict[str, tuple[ClusterNode, list[int]]] = {}
             failed: list[int] = []
             for index in todo:
@@ -603,18 +900,23 @@ class RedisClusterProvider(RedisProvider):
                     replies[index] = self._unavailable(exc)
                     failed.append(index)
                     continue
+                if circuits:
+                    circuit = circuits.get(node.name)
+                    if circuit is not None:  # fails at once; not retried
+                        replies[index] = self._open_error(circuit)
+                        continue
                 groups.setdefault(node.name, (node, []))[1].append(index)
             self.round_trips += len(groups)
-            results = await asyncio.gather(
-                *(self._node_pipeline(client, [commands[i] for i in idx]) for _, idx in groups.values()),
-                return_exceptions=True,
-            )
-            for (node, idx), result in zip(groups.values(), results):
+            group_list = list(groups.values())
+            results = await self._run_groups(client, group_list, commands) if group_list else []
+            for (node, idx), result in zip(group_list, results):
                 if isinstance(result, BaseException):
                     if not isinstance(result, Exception):
                         raise result  # cancellation and the like
                     self._stale = True
                     self._last_failed = node.name
+                    if _node_failed(result):
+                        self._trip(node, result)
                     error = self._node_unavailable(node.name, result)
                     for index in idx:
                         replies[index] = error
@@ -624,10 +926,14 @@ class RedisClusterProvider(RedisProvider):
                     if isinstance(reply, (rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterDownError)):
                         self._stale = True
                         self._last_failed = node.name
+                        if _node_failed(reply):
+                            self._trip(node, reply)
                         replies[index] = self._node_unavailable(node.name, reply)
                         failed.append(index)
                     else:
                         replies[index] = reply
+            if self._stale:
+                self._schedule_refresh()
             # A command that may have run is sent again only if running it twice is harmless.
             todo = sorted(i for i in failed if may_repeat(commands[i]))
         return replies
@@ -693,7 +999,12 @@ class RedisClusterProvider(RedisProvider):
         :raises ProviderUnavailableError: if a master does not answer (the count would be short).
         """
         client = self._require_cluster()
-        await self._refresh_slots(client)
+        if self._stale:
+            self._schedule_refresh()
+            await self._await_refresh()
+        for circuit in self._circuits.values():
+            if circuit.name in client.nodes_manager.nodes_cache:
+                raise self._open_error(circuit)
         pattern = _glob_escape(self.key_prefix) + "{*}"
 
         async def count(node: ClusterNode) -> int:
@@ -702,11 +1013,13 @@ class RedisClusterProvider(RedisProvider):
             while True:
                 self.round_trips += 1
                 try:
-                    cursor, keys = await node.execute_command(
-                        "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT
+                    cursor, keys = await self._bounded(
+                        node, node.execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_COUNT)
                     )
-                except (rexc.RedisError, OSError) as exc:
+                except (rexc.RedisError, OSError, NodeHungError) as exc:
                     self._stale = True
+                    if _node_failed(exc):
+                        self._trip(node, exc)
                     raise self._node_unavailable(node.name, exc) from None
                 total += len(keys)
                 if int(cursor) == 0:
