@@ -93,7 +93,7 @@ class _Load:
     """Clients sending a read or a write of a random session, recording every answer."""
 
     def __init__(self, ports: list[int], sessions: list[tuple[str, int]], cookie: str,
-                 timeout: float, seed: int | None = None) -> None:
+                 timeout: float, seed: int | None = None, track_writes: bool = False) -> None:
         self.ports = ports
         self.sessions = sessions
         self.cookie = cookie
@@ -101,6 +101,10 @@ class _Load:
         self.samples: list[Sample] = []
         self.stop = asyncio.Event()
         self.rng = random.Random(seed)
+        #: With *track_writes*, each client writes its own key ``w<client>`` (values ``<n>``,
+        #: increasing) and (sid, key) -> [(n, status)] records every write, in order.
+        self.track_writes = track_writes
+        self.writes: dict[tuple[str, str], list[tuple[int, int]]] = {}
 
     async def client(self, index: int) -> None:
         conns = [Connection("127.0.0.1", p, timeout=self.timeout) for p in self.ports]
@@ -110,7 +114,9 @@ class _Load:
             while not self.stop.is_set():
                 sid, node = rng.choice(self.sessions)
                 n += 1
-                target = "/op/read" if n % 2 else f"/op/set?k=k{index % 4}&v=c{index}n{n}"
+                key = f"w{index}" if self.track_writes else f"k{index % 4}"
+                value = str(n) if self.track_writes else f"c{index}n{n}"
+                target = "/op/read" if n % 2 else f"/op/set?k={key}&v={value}"
                 conn = rng.choice(conns)
                 sent = time.monotonic()
                 try:
@@ -119,6 +125,8 @@ class _Load:
                 except Exception:
                     status = 0
                 self.samples.append(Sample(sent, time.monotonic(), status, node))
+                if self.track_writes and not n % 2:
+                    self.writes.setdefault((sid, key), []).append((n, status))
         finally:
             for conn in conns:
                 conn.close()
@@ -428,7 +436,7 @@ async def measure_sentinel_failover(
         servers = await _start_servers(config, processes, workdir)
         sids = await _create_sessions(servers[0].port, sessions, "sid")
         load = _Load([s.port for s in servers], [(sid, 0) for sid in sids], "sid",
-                     timeout=max(20.0, 4 * provider_timeout), seed=seed)
+                     timeout=max(20.0, 4 * provider_timeout), seed=seed, track_writes=True)
         tasks = [asyncio.ensure_future(load.client(i)) for i in range(clients)]
         promoted_at: float | None = None
         try:
@@ -456,15 +464,27 @@ async def measure_sentinel_failover(
         finally:
             load.stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-        # every session must still be there (replicated before the kill) and readable
+        # Every session must still be there (replicated before the kill) and readable; each
+        # client key must hold its last acknowledged value or a later one.
         conn = Connection("127.0.0.1", servers[0].port, timeout=30)
-        missing = 0
+        missing = lost = acked_before = 0
         try:
             for sid in sids:
                 resp = await conn.request("GET", "/op/read", [("Cookie", f"sid={sid}")])
                 body = resp.json() if resp.status == 200 else {}
-                if resp.status != 200 or body.get("new") or "k0" not in body.get("data", {}):
+                data = body.get("data", {})
+                if resp.status != 200 or body.get("new") or "k0" not in data:
                     missing += 1
+                for (wsid, key), history in load.writes.items():
+                    if wsid != sid:
+                        continue
+                    acked = [n for n, status in history if status == 200]
+                    if not acked:
+                        continue
+                    acked_before += 1
+                    stored = data.get(key)
+                    if stored is None or int(stored) < acked[-1]:
+                        lost += 1
         finally:
             conn.close()
     finally:
@@ -493,6 +513,8 @@ async def measure_sentinel_failover(
         "after_latency_ms": _pct(s.latency for s in samples
                                  if last_fail is not None and s.sent > last_fail),
         "sessions_missing_after": missing,
+        "keys_checked_after": acked_before,
+        "acknowledged_writes_lost": lost,
         "max_latency_s": round(max((s.latency for s in samples), default=0.0), 3),
         "run_s": round(t_end - t_kill, 2),
     }
@@ -508,7 +530,10 @@ def failover_result(fig: dict[str, Any]) -> dict[str, Any]:
         f"requests failed (503) from {fig['first_failure_s']} s to {fig['error_window_s']} s after it "
         f"(the error window; {fig['failed_requests']} requests, answered in p50 {lat['p50']} / max "
         f"{lat['max']} ms); every session written before the kill was read back afterwards "
-        f"({fig['sessions_missing_after']} missing)."
+        f"({fig['sessions_missing_after']} missing); of {fig['keys_checked_after']} keys, "
+        f"{fig['acknowledged_writes_lost']} had lost their last acknowledged write (Redis replicates "
+        "asynchronously: a write the old master acknowledged just before the kill may never reach the "
+        "replica)."
     )
     return {
         "kind": "fault", "provider": "redis_sentinel",
