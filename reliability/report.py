@@ -144,10 +144,11 @@ request is also a read of every key. The history is checked against a model
 
 * **Per key, read by read** (linearizability checked per read): the value a
   request sees must come from a write of that session that was sent before
-  the request was answered, and that was not certainly overwritten, i.e. no
-  write *acknowledged* (answered 200) before the request was sent started
-  after it was answered. "Absent" needs a delete that qualifies the same way.
-  A value no request of that session wrote is cross-talk.
+  the request was answered and was not certainly overwritten by then, that
+  is, no other write of the key, *acknowledged* (answered 200) before the
+  request was sent, was itself sent after that write was answered. "Absent"
+  needs a delete that qualifies the same way, or no acknowledged write at
+  all. A value no request of that session wrote is cross-talk.
 * **Counters**: at least every ``incr`` acknowledged before the read was sent,
   at most every ``incr`` sent before it was answered.
 * **Flashes**: the ``flash_*`` requests of a session are serialised (the list
@@ -167,7 +168,8 @@ id (a late save of a dead id is dropped, by design), is *unacknowledged*: a
 read may or may not show it, at any later time. Deliberately broken providers
 (a whole-record save, a dropped save, a stale read cache, an increment saved
 as a set, a regenerate that keeps the old id, a destroy that deletes nothing,
-a read that serves another session) are each caught by this check
+a read that serves another session, a read that takes an unknown id for an
+empty session) are each caught by this check
 (``tests/test_reliability_model.py``), so a clean run means something.
 """
 
