@@ -490,7 +490,7 @@ _COMMANDS: dict[str, _Command] = {
 def _check_provider(config: ManagerConfig, command: str) -> None:
     """Refuse commands the provider cannot answer from outside the application (exit 2)."""
     cls = lookup(config.provider)
-    if cls.in_process:
+    if cls.in_process and not cls.client_side:  # (a client-side store lives in the browsers)
         raise CommandError(
             f"the {config.provider!r} provider keeps its sessions inside the application's process, "
             "where this command cannot see them; use manager.gc(), get_active_sessions() and "

@@ -19,7 +19,6 @@ What holds:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import math
 import re
@@ -49,7 +48,8 @@ from .provider import (
     Release,
 )
 from .registry import lookup
-from .session import COOKIE_OPTIONS, META_KEY, Session
+from .request import CookieWriter, apply_cookies, cookie_value, request_state
+from .session import META_KEY, Session
 
 if TYPE_CHECKING:  # pragma: no cover
     from tornado.web import RequestHandler
@@ -82,72 +82,6 @@ def _then(fut: asyncio.Future[_T], step: Callable[[_T], None]) -> asyncio.Future
 
 log = get_logger("gosession_tornado")
 
-_STATE_ATTR = "_gosession_state"
-
-
-class _RequestState:
-    """Per-request bookkeeping kept on the handler."""
-
-    __slots__ = ("cookie_issued", "cookies", "cookies_done", "sessions", "vary")
-
-    def __init__(self) -> None:
-        #: cookie name -> full Set-Cookie header value, applied before headers go out
-        self.cookies: dict[str, str] = {}
-        #: id(manager) -> the session that manager started for this request
-        self.sessions: dict[int, Session] = {}
-        #: cookie names whose header was written
-        self.cookie_issued: set[int] = set()
-        #: cookie name -> the header value already put into the headers (or reported lost)
-        self.cookies_done: dict[str, str] = {}
-        #: header names the response varies on because a session cookie or header was
-        #: written for it (sessions the request read add theirs at the end)
-        self.vary: set[str] = set()
-
-
-def request_state(handler: Any) -> _RequestState:
-    """The :class:`_RequestState` of *handler*, created on first use."""
-    state: _RequestState | None = getattr(handler, _STATE_ATTR, None)
-    if state is None:
-        state = _RequestState()
-        setattr(handler, _STATE_ATTR, state)
-    return state
-
-
-def apply_cookies(handler: Any) -> bool:
-    """Write the pending session cookies into *handler*'s headers.
-
-    Replaces earlier ``Set-Cookie`` headers for the same cookie names, so it may
-    run any number of times. Returns False (and logs, once per cookie value) if
-    the headers have already been sent without a cookie queued since.
-    """
-    state: _RequestState | None = getattr(handler, _STATE_ATTR, None)
-    if state is None or not state.cookies:
-        return True
-    if getattr(handler, "_headers_written", False):
-        lost = {n: v for n, v in state.cookies.items() if state.cookies_done.get(n) != v}
-        if not lost:
-            return True  # every queued cookie went out with the headers
-        state.cookies_done.update(lost)
-        log.warning(
-            "session cookie(s) %s not sent: the response headers were already flushed; "
-            "touch the session before the first flush()",
-            ", ".join(sorted(lost)),
-        )
-        return False
-    headers = handler._headers
-    existing = headers.get_list("Set-Cookie")
-    prefixes = tuple(f"{name}=" for name in state.cookies)
-    kept = [h for h in existing if not h.startswith(prefixes)]
-    if "Set-Cookie" in headers:
-        del headers["Set-Cookie"]
-    for value in kept:
-        headers.add("Set-Cookie", value)
-    for value in state.cookies.values():
-        headers.add("Set-Cookie", value)
-    state.cookies_done = dict(state.cookies)
-    return True
-
-
 def _plain(sid: str) -> str:
     return sid
 
@@ -155,29 +89,6 @@ def _plain(sid: str) -> str:
 def _hashed(sid: str) -> str:
     """The store key of *sid* with ``hash_session_ids``: sha256 as 64 lowercase hex digits."""
     return hashlib.sha256(sid.encode("ascii")).hexdigest()
-
-
-def cookie_value(header: str, name: str) -> str | None:
-    """The value of cookie *name* in a ``Cookie`` request header, or ``None``.
-
-    Parses like :func:`tornado.httputil.parse_cookie` (pairs split on ``;``,
-    names and values stripped, the last pair of a name wins, a value in double
-    quotes loses them) but looks only for *name*, so a request pays for one
-    cookie, not for building a :class:`http.cookies.SimpleCookie` of all.
-    """
-    pattern = _COOKIE_PATTERNS.get(name)
-    if pattern is None:
-        pattern = _COOKIE_PATTERNS[name] = re.compile(rf"(?:^|;)[ \t]*{re.escape(name)}[ \t]*=([^;]*)")
-    found = pattern.findall(header)
-    if not found:
-        return None
-    value: str = found[-1].strip()
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        value = value[1:-1]
-    return value
-
-
-_COOKIE_PATTERNS: dict[str, re.Pattern[str]] = {}
 
 
 class Stats(dict[str, Any]):
@@ -286,6 +197,8 @@ class SessionManager:
         self._closed = False
         self._last_active: int | None = None
         self._sid_re = self._compile_sid_re()
+        #: Builds this manager's Set-Cookie values.
+        self._cookies = CookieWriter(self.config)
         #: The key a session is stored under: its id, or sha256(id) with hash_session_ids.
         self._key: Callable[[str], str] = _hashed if self.config.hash_session_ids else _plain
 
@@ -409,47 +322,7 @@ class SessionManager:
         The manager's configuration, overridden by the session's own
         :meth:`Session.set_cookie_options`.
         """
-        c = self.config
-        attrs: dict[str, Any] = {name: getattr(c, name) for name in COOKIE_OPTIONS}
-        if session is not None:
-            attrs.update(session.cookie_options)
-        return attrs
-
-    def _cookie_header(self, value: str, max_age: int | None, session: Session | None = None) -> str:
-        a = self.cookie_attributes(session)
-        parts = [f"{self.config.cookie_name}={value}", f"Path={a['path']}"]
-        if a["domain"]:
-            parts.append(f"Domain={a['domain']}")
-        if max_age is not None:
-            parts.append(f"Expires={email.utils.formatdate(time.time() + max_age, usegmt=True)}")
-            parts.append(f"Max-Age={max_age}")
-        if a["http_only"]:
-            parts.append("HttpOnly")
-        if a["secure"]:
-            parts.append("Secure")
-        parts.append(f"SameSite={a['same_site']}")
-        if a["partitioned"]:
-            parts.append("Partitioned")
-        return "; ".join(parts)
-
-    def _expire_header(self, session: Session | None = None) -> str:
-        a = self.cookie_attributes(session)
-        parts = [
-            f"{self.config.cookie_name}=",
-            f"Path={a['path']}",
-        ]
-        if a["domain"]:
-            parts.append(f"Domain={a['domain']}")
-        parts.append("Expires=Thu, 01 Jan 1970 00:00:00 GMT")
-        parts.append("Max-Age=0")
-        if a["http_only"]:
-            parts.append("HttpOnly")
-        if a["secure"]:
-            parts.append("Secure")
-        parts.append(f"SameSite={a['same_site']}")
-        if a["partitioned"]:
-            parts.append("Partitioned")
-        return "; ".join(parts)
+        return self._cookies.attributes(session.cookie_options if session is not None else None)
 
     @property
     def _writes_cookie(self) -> bool:
@@ -481,8 +354,10 @@ class SessionManager:
             return
         state = request_state(handler)
         if self._writes_cookie:
-            state.cookies[self.config.cookie_name] = self._cookie_header(
-                value if value is not None else session.session_id, self.cookie_max_age(session), session
+            state.cookies[self.config.cookie_name] = self._cookies.issue(
+                value if value is not None else session.session_id,
+                self.cookie_max_age(session),
+                session.cookie_options,
             )
             apply_cookies(handler)
         if (
@@ -505,7 +380,9 @@ class SessionManager:
         if handler is None or not self._writes_cookie:
             return
         state = request_state(handler)
-        state.cookies[self.config.cookie_name] = self._expire_header(session)
+        state.cookies[self.config.cookie_name] = self._cookies.expire(
+            session.cookie_options if session is not None else None
+        )
         state.vary.update(self.vary_names)
         apply_cookies(handler)
 
@@ -615,7 +492,7 @@ class SessionManager:
             return asyncio.ensure_future(self._release_after_start(session, handler))
         lifetime = self.server_lifetime(session)
         if self._client_side:
-            encode = EncodeCookie(session.session_id, session._record(), lifetime)
+            encode = EncodeCookie(session.session_id, session.record(), lifetime)
             if self._in_process and actor.idle:
                 self._encoded(session, handler, actor.call_now(encode))
                 return None
@@ -642,15 +519,15 @@ class SessionManager:
 
     def _encoded(self, session: Session, handler: RequestHandler | None, value: str) -> None:
         """A client-side session was encoded into cookie *value*: issue it."""
-        session._mark_saved()
+        session.mark_saved()
         self._issue(handler, session, value)
 
     def _released(self, session: Session, handler: RequestHandler | None) -> None:
         """*session*'s changes are stored: mark it saved, (re)issue its cookie if due."""
-        reissue = session._expiry_changed or session._cookie_changed
+        reissue = session.cookie_due
         if handler is not None and not reissue and session.is_new:
             reissue = id(session) not in request_state(handler).cookie_issued
-        session._mark_saved()
+        session.mark_saved()
         # A cookie with a Max-Age slides with use (gorilla re-sends it on every save),
         # so a "remember me" cookie expires max-age after the last change, like the record.
         if handler is not None and (
@@ -673,7 +550,7 @@ class SessionManager:
         stored = not session.is_new
         if not self._client_side and stored:  # a new session was never stored
             await self._ask(Destroy(self._key(session.session_id)))
-        session._mark_destroyed()
+        session.mark_destroyed()
         # Expire the browser's cookie if it may hold one: a stored session's, an eager
         # new one's, or whatever (unknown, malformed) cookie of ours the request carried.
         if handler is not None and (
@@ -705,10 +582,10 @@ class SessionManager:
         stored = not session.is_new
         if not self._client_side and stored:  # a never-saved session has nothing to move
             await self._ask(Regenerate(self._key(old), self._key(new)))
-        session._rebind(new)
+        session.rebind(new)
         if self._client_side:
             if stored:
-                session._save_if_unmodified = True  # the cookie must be re-issued
+                session.save_anyway()  # the cookie must be re-issued
         elif stored or id(session) in request_state(handler).cookie_issued:
             self._issue(handler, session)  # the old id is dead: the browser needs the new one
         request_state(handler).vary.update(self.vary_names)
@@ -752,6 +629,7 @@ class SessionManager:
     def set_secure(self, secure: bool) -> None:
         """Turn the cookie's ``Secure`` attribute on or off (beego's ``SetSecure``)."""
         self.config = self.config.replace(secure=bool(secure))
+        self._cookies = CookieWriter(self.config)
 
     def set_hash_func(self, hasher: str, key: str = "") -> None:
         """Accepted for beego compatibility; ids always come from the OS CSPRNG."""

@@ -13,22 +13,21 @@ place (``session["cart"].append(x)``) is not seen; assign it again or call
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
 from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import codec
-from .config import MAX_COOKIE_LIFETIME, SAME_SITE_VALUES
+from .config import MAX_COOKIE_LIFETIME, SAME_SITE_VALUES, ManagerConfig
 from .errors import ConfigError
 from .provider import Changes
 
 if TYPE_CHECKING:  # pragma: no cover
     from tornado.web import RequestHandler
 
-    from .manager import SessionManager
-
-__all__ = ["Session", "FLASH_KEY", "META_KEY", "COOKIE_OPTIONS"]
+__all__ = ["Session", "SessionOwner", "FLASH_KEY", "META_KEY", "COOKIE_OPTIONS"]
 
 #: Default key flashes are stored under.
 FLASH_KEY = "_flash"
@@ -70,6 +69,29 @@ def _check_cookie_option(name: str, value: Any) -> Any:
 _MISSING = object()
 
 
+class SessionOwner(Protocol):
+    """What a :class:`Session` needs from whoever started it and saves it.
+
+    :class:`~gosession_tornado.SessionManager` is the one implementation; the
+    session knows nothing else about it, and the manager drives the session
+    only through the methods under "Used by the owner" below.
+    """
+
+    @property
+    def config(self) -> ManagerConfig:
+        """The configuration (defaults for the lifetimes and the cookie)."""
+
+    @property
+    def vary_names(self) -> tuple[str, ...]:
+        """Request headers a response depends on once it used the session."""
+
+    async def release_session(self, session: Session, handler: Any = None) -> None:
+        """Save *session*'s changes (and write its cookie into *handler*'s response)."""
+
+    def release_nowait(self, session: Session, handler: Any = None) -> asyncio.Future[Any] | None:
+        """Start saving *session*; ``None`` when already done, else a future to wait for."""
+
+
 class Session(MutableMapping[Any, Any]):
     """One session as seen by one request.
 
@@ -100,7 +122,7 @@ class Session(MutableMapping[Any, Any]):
 
     def __init__(
         self,
-        manager: SessionManager | None,
+        manager: SessionOwner | None,
         sid: str,
         data: dict[Any, Any] | None = None,
         *,
@@ -157,7 +179,7 @@ class Session(MutableMapping[Any, Any]):
     # ------------------------------------------------------------ identity
 
     @property
-    def manager(self) -> SessionManager | None:
+    def manager(self) -> SessionOwner | None:
         """The :class:`~gosession_tornado.SessionManager` that started this session."""
         return self._manager
 
@@ -494,8 +516,8 @@ class Session(MutableMapping[Any, Any]):
             meta["cookie"] = dict(self._cookie_options)
         return meta
 
-    def _record(self) -> dict[Any, Any]:
-        """The data as a provider stores it: the mapping plus :data:`META_KEY` if set."""
+    def record(self) -> dict[Any, Any]:
+        """The data as a client-side store keeps it: the mapping plus :data:`META_KEY` if set."""
         record = dict(self._data)
         meta = self._meta()
         if meta:
@@ -547,9 +569,15 @@ class Session(MutableMapping[Any, Any]):
 
     SessionRelease = release
 
-    # -- used by the manager ---------------------------------------------
+    # -- used by the owner (the SessionManager) -------------------------------
 
-    def _mark_saved(self) -> None:
+    @property
+    def cookie_due(self) -> bool:
+        """True when this request changed what the cookie carries (expiry, cookie options)."""
+        return self._expiry_changed or self._cookie_changed
+
+    def mark_saved(self) -> None:
+        """The owner stored the changes: start a fresh change log (the session is no longer new)."""
         self._set.clear()
         self._incr.clear()
         self._deleted.clear()
@@ -559,11 +587,17 @@ class Session(MutableMapping[Any, Any]):
         self._is_new = False
         self._save_if_unmodified = False
 
-    def _rebind(self, sid: str) -> None:
+    def save_anyway(self) -> None:
+        """Have the next release write even if nothing changes (a cookie to re-issue)."""
+        self._save_if_unmodified = True
+
+    def rebind(self, sid: str) -> None:
+        """The owner moved this session to id *sid* (``session_regenerate_id``)."""
         self._sid = sid
         self._regenerated = True
 
-    def _mark_destroyed(self) -> None:
+    def mark_destroyed(self) -> None:
+        """The owner destroyed this session: it is empty, and releases write nothing."""
         self._destroyed = True
         self._data.clear()
         self._set.clear()

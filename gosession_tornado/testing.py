@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import tornado.httputil
 import tornado.web
 
-from .manager import SessionManager, cookie_value
+from .manager import SessionManager
+from .request import cookie_value
 from .web import managers_for
 
 if TYPE_CHECKING:  # pragma: no cover

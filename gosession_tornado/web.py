@@ -39,7 +39,8 @@ from tornado.web import HTTPError, RequestHandler
 
 from ._log import get_logger, redact
 from .errors import ConfigError, CookieTooLargeError, ProviderUnavailableError, SessionError
-from .manager import _STATE_ATTR, SessionManager, _RequestState, apply_cookies, request_state
+from .manager import SessionManager
+from .request import RequestState, apply_cookies, current_state, request_state
 from .session import Session
 
 __all__ = ["SessionMixin", "managers_for", "DEFAULT_NAMES"]
@@ -244,7 +245,7 @@ class SessionMixin(_Base):
 
     # ------------------------------------------------------------ saving
 
-    def _gs_drop_unsaved(self, state: _RequestState) -> None:
+    def _gs_drop_unsaved(self, state: RequestState) -> None:
         """A 5xx response: release nothing, and take back the cookie of a never-saved session.
 
         What already happened in the store stays done and keeps its cookie: a
@@ -272,7 +273,7 @@ class SessionMixin(_Base):
         Merged into an existing ``Vary``; nothing for a request that never read
         or wrote a session.
         """
-        state: _RequestState | None = getattr(self, _STATE_ATTR, None)
+        state = current_state(self)
         if state is None or self._headers_written:
             return
         names = state.vary
@@ -296,7 +297,7 @@ class SessionMixin(_Base):
     def _gs_unsaved(self) -> list[Session]:
         if self._gs_failed:
             return []  # the response is the error page now; nothing is retried
-        state: _RequestState | None = getattr(self, _STATE_ATTR, None)
+        state = current_state(self)
         if state is None:
             return []  # no session was touched
         return [
@@ -402,7 +403,7 @@ class SessionMixin(_Base):
             return self._gs_finish_future
         if self._gs_tail is not None:  # a flush() is saving: finish after it, in order
             return self._gs_finish_chained(chunk)
-        state: _RequestState | None = getattr(self, _STATE_ATTR, None)
+        state = current_state(self)
         pending: list[asyncio.Future[None]] = []
         error: BaseException | None = None
         if state is not None and not self._gs_failed and self._status_code >= 500:
@@ -506,7 +507,7 @@ class SessionMixin(_Base):
 
         async def step() -> None:
             if self._status_code >= 500:
-                state: _RequestState | None = getattr(self, _STATE_ATTR, None)
+                state = current_state(self)
                 if state is not None:
                     self._gs_drop_unsaved(state)
             elif await self._gs_save():
