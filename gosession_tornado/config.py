@@ -26,6 +26,7 @@ import dataclasses
 import difflib
 import json
 import re
+import typing
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -112,29 +113,13 @@ _NUM = "number"
 _STR = "str"
 _ANY = "any"
 
+#: The kind of value each field takes, read from the :class:`ManagerConfig`
+#: annotations themselves (``same_site`` also takes beego's ints, normalised later).
+_KINDS: dict[Any, str] = {bool: _BOOL, int: _INT, float: _NUM, str: _STR, Any: _ANY}
 _FIELD_TYPES: dict[str, str] = {
-    "provider": _STR,
-    "cookie_name": _STR,
-    "enable_set_cookie": _BOOL,
-    "gc_lifetime": _INT,
-    "max_lifetime": _INT,
-    "cookie_lifetime": _INT,
-    "provider_config": _ANY,
-    "domain": _STR,
-    "path": _STR,
-    "secure": _BOOL,
-    "http_only": _BOOL,
-    "same_site": _ANY,
-    "partitioned": _BOOL,
-    "session_id_length": _INT,
-    "session_id_prefix": _STR,
-    "enable_sid_in_http_header": _BOOL,
-    "session_name_in_http_header": _STR,
-    "enable_sid_in_url_query": _BOOL,
-    "provider_timeout": _NUM,
-    "key_prefix": _STR,
-    "eager_new_sessions": _BOOL,
-    "hash_session_ids": _BOOL,
+    name: _ANY if name == "same_site" else _KINDS[hint]
+    for name, hint in typing.get_type_hints(ManagerConfig).items()
+    if name in {f.name for f in dataclasses.fields(ManagerConfig)}
 }
 
 
