@@ -72,6 +72,13 @@ FAULT_STORES = {
 # ---------------------------------------------------------------- stores
 
 
+_WHERE = {
+    "redis": "a private redis-server (appendonly yes, appendfsync always)",
+    "mariadb": "a private MariaDB (mariadb-install-db into a temp dir; InnoDB, log flushed at each commit)",
+    "postgresql": "a private PostgreSQL (initdb as the postgres user; fsync on)",
+}
+
+
 def _config(provider: str, server: PrivateServer, unique: str) -> dict[str, Any]:
     base: dict[str, Any] = {"provider": provider, "cookie_name": "sid", "provider_timeout": PROVIDER_TIMEOUT}
     if provider == "redis":
@@ -113,7 +120,7 @@ def _opener(name: str) -> Any:
 
         return StoreSetup(
             provider=provider, config=_config(provider, server, unique), client_side=False, shared=True,
-            where=f"a private {server.name} on port {server.port} ({directory.name})", cleanup=cleanup,
+            where=_WHERE[kind], cleanup=cleanup,
             details={"unique": unique, "server": server, "directory": str(directory)},
         )
 
@@ -240,13 +247,17 @@ class StoreFault(Fault):
     def summary(self, ctx: RunContext) -> dict[str, Any]:
         fig = self.figures(ctx)
         outage = [round(h - i, 2) for i, h in zip(self.t_inject, self.t_healed)]
+        violations = dict(ctx.model.violations)
+        acked = ctx.model.counts.get("acknowledged_writes", 0)
+        kept = (f"{acked} acknowledged writes, none lost" if not violations
+                else f"{acked} acknowledged writes; violations: {violations}")
         notes = (
-            f"{self.name} on {ctx.setup.where}: {fig['status_503']} requests answered 503 during the "
-            f"outage, the first {fig['first_503_s']} s after the fault, none slower than "
+            f"{ctx.setup.provider} on {ctx.setup.where}, {self.describe()}: {fig['status_503']} requests "
+            f"answered 503, the first {fig['first_503_s']} s after the fault, none slower than "
             f"{fig['slowest_503_s']} s (provider_timeout {PROVIDER_TIMEOUT:g} s); first 200 "
             f"{fig['recovery_s']} s after the store answered again, same application processes "
             f"({'yes' if fig['same_processes'] else 'NO'}); slowest request of the run "
-            f"{fig['slowest_request_s']} s."
+            f"{fig['slowest_request_s']} s; {kept}."
         )
         return {
             "fault": self.describe(), "injected": len(self.t_inject), "outage_s": max(outage, default=0.0),

@@ -381,6 +381,10 @@ class DirReadOnlyFull(Fault):
             "slowest_request_s": round(max((r - s for s, r in zip(tl.sent, tl.received)), default=0.0), 3),
         }
         statuses = ", ".join(f"{p['during']}: {p['status']}" for p in self.probes)
+        violations = dict(ctx.model.violations)
+        acked = ctx.model.counts.get("acknowledged_writes", 0)
+        kept = (f"{acked} acknowledged writes, none lost" if not violations
+                else f"{acked} acknowledged writes; violations: {violations}")
         notes = (
             f"file on a 32 MiB tmpfs: the save directory read-only for {self.outage:g} s (remounted "
             f"read-only), then full for {self.outage:g} s (ENOSPC): {n503} requests answered 503 (writes; "
@@ -389,7 +393,7 @@ class DirReadOnlyFull(Fault):
             f"{logged.get('read-only', 0)} 'Read-only file system' and {logged.get('full', 0)} 'No space "
             f"left' errors; first 200 {max(recovery) if recovery else None:.3f} s after the directory was "
             f"writable again; {fig['session_files']} session files all decode "
-            f"({len(self.errors)} problems)."
+            f"({len(self.errors)} problems); {kept}."
         )
         return {
             "fault": self.description, "injected": len(self.t_inject), "outage_s": self.outage,
