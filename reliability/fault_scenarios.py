@@ -28,6 +28,7 @@ application processes are the ones that started (no restart).
 Command line (registers the scenarios, then runs :func:`reliability.stress.main`)::
 
     python -m reliability.fault_scenarios --provider redis-aof --fault store-kill
+    python -m reliability.fault_scenarios --provider file-tmpfs --fault dir-readonly-full
 """
 
 from __future__ import annotations
@@ -325,6 +326,7 @@ def fault_run_config(store: str, fault: str, **overrides: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m reliability.fault_scenarios``: the stress command line, with these scenarios registered."""
+    from . import file_faults  # noqa: F401 - registers file-tmpfs and dir-readonly-full
     from .stress import main as stress_main
 
     return stress_main(argv)
