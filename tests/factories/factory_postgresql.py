@@ -13,9 +13,6 @@ from ..sql_helpers import POSTGRESQL_DIALECT as _D
 
 CLIENT_SIDE = False
 SERVER = _D.server
-HOST, PORT, USER, PASSWORD, DATABASE = _D.host, _D.port, _D.user, _D.password, _D.database
-dsn = _D.dsn
-drop_table = _D.drop_table
 config = _D.config  # beego's key=value DSN form, the table named by a parameter
 cleanup = _D.cleanup
 sql = _D.sql  # sql(statement, *args): one statement on its own connection; its rows (tests/test_cli.py)
