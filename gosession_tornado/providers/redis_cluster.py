@@ -86,7 +86,6 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
-import logging
 import math
 import re
 import time
@@ -98,6 +97,7 @@ from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .._log import get_logger
 from ..errors import ConfigError, ProviderUnavailableError
 from ..provider import Message, Regenerate, SessionData
 from ..redis_config import (
@@ -123,7 +123,7 @@ from .redis import (
 
 __all__ = ["ClusterConfig", "NodeCircuit", "NodeHungError", "RedisClusterProvider", "parse_cluster_config"]
 
-log = logging.getLogger("gosession_tornado.redis_cluster")
+log = get_logger("gosession_tornado.redis_cluster")
 
 _WHAT = "redis_cluster provider_config"
 
@@ -706,6 +706,9 @@ class RedisClusterProvider(RedisProvider):
             return True
         except (TimeoutError, rexc.RedisError, OSError) as exc:
             log.debug("redis cluster node %s: probe failed: %s", node.name, exc)
+            return False
+        except Exception as exc:  # never let the probe loop die: the circuit would stay open
+            log.warning("redis cluster node %s: probe failed unexpectedly: %r", node.name, exc)
             return False
         finally:
             with contextlib.suppress(Exception):
