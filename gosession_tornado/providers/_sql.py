@@ -396,12 +396,15 @@ class SQLBatchProvider(Provider):
     # ------------------------------------------------------------ connections
 
     async def _take(self) -> Any:
-        """A connection: the most recently used one at hand, else one from the pool."""
-        idle = self._idle
-        now = time.monotonic()
-        while idle:
-            conn, used = idle.pop()
-            if now - used <= self._hold_seconds and self._usable(conn):
+        """A connection: the most recently used one at hand, else one from the pool.
+
+        ``self._idle`` is read again after every wait: another job of the batch
+        may have handed the idle connections back to the pool meanwhile
+        (:meth:`_release_idle`), and one of those must never be used.
+        """
+        while self._idle:
+            conn, used = self._idle.pop()
+            if time.monotonic() - used <= self._hold_seconds and self._usable(conn):
                 return conn
             await self._release(conn)  # the pool closes or recycles it by its own rules
         self._waiting += 1
@@ -417,8 +420,17 @@ class SQLBatchProvider(Provider):
         else:
             self._idle.append((conn, time.monotonic()))
 
+    async def _discard_quietly(self, conn: Any, exc: BaseException) -> None:
+        """:meth:`_discard`; a failure to close a broken connection is logged, not raised over *exc*."""
+        try:
+            await self._discard(conn, exc)
+        except Exception as err:
+            self._log.debug("%s: closing a failed connection failed too: %s", self.dialect, err)
+
     async def _release_idle(self) -> None:
-        idle, self._idle = self._idle, []
+        """Give every connection at hand back to the pool (after one was found lost)."""
+        idle = self._idle[:]
+        self._idle.clear()  # in place: a _take() waiting meanwhile finds none of them
         for conn, _ in idle:
             try:
                 await self._release(conn)
@@ -446,7 +458,7 @@ class SQLBatchProvider(Provider):
                 result = await op(conn)
             except self._driver_errors as exc:
                 if conn is not None:
-                    await self._discard(conn, exc)
+                    await self._discard_quietly(conn, exc)
                 lost = self._is_lost(exc)
                 if lost:  # the others at hand are likely broken the same way
                     await self._release_idle()
@@ -470,7 +482,7 @@ class SQLBatchProvider(Provider):
                 raise self._translate(exc) from exc
             except BaseException as exc:  # cancelled (a batch over provider_timeout), or a bug
                 if conn is not None:
-                    await self._discard(conn, exc)
+                    await self._discard_quietly(conn, exc)
                 raise
             await self._give_back(conn)
             return result
