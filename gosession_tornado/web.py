@@ -235,10 +235,9 @@ class SessionMixin(_Base):
         return session
 
     def _unavailable(self, exc: BaseException) -> HTTPError:
-        log.warning("session store unavailable for %s %s: %s", self.request.method, self.request.uri, exc)
         # The client sees Tornado's error page for "503: Session Store Unavailable" only;
-        # log_message (the details) goes to Tornado's log, and into the page only with
-        # serve_traceback, as for any other HTTPError.
+        # log_message (the details, ids shortened) is the one line Tornado logs for it
+        # (tornado.general), and goes into the page only with serve_traceback.
         return HTTPError(
             503, "session store unavailable: %s", redact(str(exc)), reason="Session Store Unavailable"
         )
