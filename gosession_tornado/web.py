@@ -420,6 +420,13 @@ class SessionMixin(_Base):
                 if fut is not None:
                     pending.append(fut)
         self._gs_saved = True  # flush() from Tornado's finish() need not look again
+        if self._status_code == 101 and pending and error is None:
+            # A WebSocket handshake: Tornado detaches the stream right after finish(),
+            # so the 101 cannot wait for a remote save. The save goes on; a cookie it
+            # would have (re)issued cannot be sent any more (logged by apply_cookies).
+            for fut in pending:
+                fut.add_done_callback(self._gs_log_late_save)
+            pending = []
         if not pending and error is None:
             if state is not None:
                 apply_cookies(self)
@@ -448,6 +455,15 @@ class SessionMixin(_Base):
         for fut in pending:
             fut.add_done_callback(saved)
         return result
+
+    def _gs_log_late_save(self, fut: asyncio.Future[Any]) -> None:
+        """A save that finished after a WebSocket handshake: log its failure, if any."""
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error(
+                "could not save session after the WebSocket handshake of %s: %s",
+                self.request.uri, fut.exception(),
+            )
+        apply_cookies(self)  # a cookie queued now cannot go out: say so once
 
     def _gs_finish_saved(
         self,
