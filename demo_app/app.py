@@ -361,6 +361,7 @@ class BaseHandler(SessionMixin, tornado.web.RequestHandler):
             "visits": session.get("visits", 0) if session is not None and self.user else 0,
             "active_sessions": stats.get("active_sessions"),
             "stats": stats,
+            "call_labels": CALL_LABELS,
         }
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -380,6 +381,21 @@ class BaseHandler(SessionMixin, tornado.web.RequestHandler):
             log.exception("error page")
             self.set_header("Content-Type", "text/plain; charset=UTF-8")
             self.finish(f"{status_code} {reason}\n")
+
+
+#: How the status panel names each kind of provider call (``stats()["calls"]`` keys).
+CALL_LABELS = {
+    "init": "start",
+    "read": "read a session",
+    "release": "save a session",
+    "exist": "check a session",
+    "regenerate": "new id (login)",
+    "destroy": "destroy (logout)",
+    "all": "count active sessions",
+    "gc": "expire old sessions (GC)",
+    "decode_cookie": "decode a cookie",
+    "encode_cookie": "encode a cookie",
+}
 
 
 class HomeHandler(BaseHandler):
@@ -452,6 +468,7 @@ class PrefsHandler(BaseHandler):
             raise tornado.web.HTTPError(400, reason="Unknown theme")
         assert self.prefs is not None
         self.prefs["theme"] = theme
+        self.session.add_flash(f"Theme set to {theme}.")
         self.redirect("/")
 
 

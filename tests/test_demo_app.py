@@ -458,3 +458,16 @@ def test_cookie_jar_helper_parses_xsrf_cookie() -> None:
     jar: SimpleCookie = SimpleCookie()
     jar.load("_xsrf=2|889ba1b5|4c7e3e94|1795295392; HttpOnly; Path=/; SameSite=Lax")
     assert jar["_xsrf"].value == "2|889ba1b5|4c7e3e94|1795295392"
+
+
+async def test_saving_preferences_flashes_and_the_status_panel_names_its_calls(demo: DemoFactory) -> None:
+    client, app = await demo()
+    await login(client, "hal")
+    assert (await post_form(client, "/prefs", theme="dark")).code == 302
+    page = (await client.fetch("/")).body.decode()
+    assert "Theme set to dark." in page
+    assert "Theme set to dark." not in (await client.fetch("/")).body.decode()  # shown once
+    await app.settings["session_managers"]["main"].get_active_sessions()  # an "all" call
+    page = (await client.fetch("/")).body.decode()
+    assert ">count active sessions<" in page  # not the bare message kind "all"
+    assert ">all<" not in page
