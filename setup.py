@@ -31,7 +31,7 @@ EXTRAS["test"] = [
     "matplotlib>=3.8",
 ]
 EXTRAS["test"].append("build>=1.0")  # tests/test_packaging.py builds the sdist (no isolation)
-EXTRAS["docs"] = ["sphinx>=7"]
+EXTRAS["docs"] = ["sphinx>=7", "furo>=2024.1"]  # the maintained theme docs/conf.py uses
 EXTRAS["dev"] = sorted(set(EXTRAS["all"] + EXTRAS["test"] + EXTRAS["docs"] + ["tox>=4"]))
 
 setup(

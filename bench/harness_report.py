@@ -30,13 +30,14 @@ Running it
 
 .. code-block:: console
 
-   $ python3 bench/harness.py                     # everything (about 30 minutes); rewrites this page
-   $ python3 bench/harness.py --quick             # seconds; output in a temporary directory
+   $ python3 bench/harness.py            # everything (about an hour); rewrites this page
+   $ python3 bench/harness.py --quick    # seconds; output in a temporary directory
    $ python3 bench/harness.py --configs bare,memory,naive-memory,redis,naive-redis \\
          --concurrency 64 --rounds 3 --seconds 5   # a subset
-   $ python3 bench/harness.py --before ../old-checkout   # another checkout's library, same harness
-   $ python3 bench/harness.py report bench/results/NEW.json --compare bench/results/OLD.json
-   $ python3 bench/harness.py --list              # the configurations
+   $ python3 bench/harness.py --before ../old-checkout   # another checkout's library
+   $ python3 bench/harness.py report bench/results/NEW.json \\
+         --compare bench/results/OLD.json
+   $ python3 bench/harness.py --list     # the configurations
 
 It needs ``wrk`` (Debian's package; ``scripts/test.sh`` installs it as root),
 ``taskset``, the project's virtualenv with the ``test`` extra (matplotlib)

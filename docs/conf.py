@@ -35,10 +35,11 @@ root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 html_static_path: list[str] = []
-html_theme = "alabaster"
+# furo: maintained, readable on phones, code blocks as wide as the text column.
+html_theme = "furo"
 html_theme_options = {
-    "description": "beego's session manager for Tornado",
-    "fixed_sidebar": True,
+    "source_repository": "",
+    "top_of_page_buttons": [],
 }
 html_title = f"gosession-tornado {release}"
 

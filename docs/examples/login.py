@@ -10,17 +10,20 @@ import hmac
 import html
 
 import tornado.web
-
 from gosession_tornado import SessionManager, SessionMixin
 
 # beego: globalSessions, _ = session.NewManager("memory", "gosessionid", 3600, "")
 global_sessions = SessionManager("memory", "gosessionid", 3600, "")
 
-LOGIN_FORM = """<form method="post" action="/login">
+LOGIN_FORM = """<form method="post" action="/login">{xsrf}
   <input name="username" placeholder="username">
   <input name="password" type="password" placeholder="password">
   <button>Log in</button>
 </form>"""
+
+LOGOUT_FORM = (
+    """<form method="post" action="/logout">{xsrf}<button>Log out</button></form>"""
+)
 
 
 class LoginHandler(SessionMixin, tornado.web.RequestHandler):
@@ -29,10 +32,15 @@ class LoginHandler(SessionMixin, tornado.web.RequestHandler):
 
     def get(self) -> None:
         username = self.session.get("username")
+        xsrf = (
+            self.xsrf_form_html()
+        )  # POST forms need the XSRF token (xsrf_cookies=True)
         if username is None:
-            self.write(LOGIN_FORM)
+            self.write(LOGIN_FORM.format(xsrf=xsrf))
         else:
-            self.write(f"hello {html.escape(username)} <a href='/logout'>log out</a>")
+            self.write(
+                f"hello {html.escape(username)} " + LOGOUT_FORM.format(xsrf=xsrf)
+            )
 
     async def post(self) -> None:
         username = self.get_body_argument("username")
@@ -45,7 +53,7 @@ class LoginHandler(SessionMixin, tornado.web.RequestHandler):
 
 
 class LogoutHandler(SessionMixin, tornado.web.RequestHandler):
-    async def get(self) -> None:
+    async def post(self) -> None:
         await self.session_destroy()  # record deleted, cookie expired
         self.redirect("/login")
 
@@ -63,6 +71,8 @@ def make_app() -> tornado.web.Application:
     return tornado.web.Application(
         [(r"/login", LoginHandler), (r"/logout", LogoutHandler)],
         session_manager=global_sessions,
+        # a logout is a POST: a link on another site cannot log users out
+        xsrf_cookies=True,
     )
 
 

@@ -60,7 +60,9 @@ class SQLiteProvider(Provider):
     def __init__(self) -> None:
         super().__init__()
         self._db: sqlite3.Connection | None = None
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite-sessions")
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="sqlite-sessions"
+        )
 
     # -- plumbing: everything blocking runs on the provider's one thread ----
 
@@ -76,18 +78,23 @@ class SQLiteProvider(Provider):
     def _open(self, path: str) -> sqlite3.Connection:
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5)
+            db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=5
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(SCHEMA)
         except sqlite3.Error as exc:
-            raise ProviderUnavailableError(f"cannot open session database {path!r}: {exc}") from exc
+            raise ProviderUnavailableError(
+                f"cannot open session database {path!r}: {exc}"
+            ) from exc
         return db
 
     # -- the verbs, synchronous, each inside the caller's transaction -------
 
     def _live(self, sid: str) -> tuple[bytes, int] | None:
         row = self.db.execute(
-            "SELECT data, lifetime FROM session WHERE sid = ? AND expires > ?", (sid, time.time())
+            "SELECT data, lifetime FROM session WHERE sid = ? AND expires > ?",
+            (sid, time.time()),
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
@@ -96,7 +103,10 @@ class SQLiteProvider(Provider):
         if row is None:
             return None  # unknown or expired: reading never creates a record
         data, lifetime = row
-        self.db.execute("UPDATE session SET expires = ? WHERE sid = ?", (time.time() + lifetime, sid))
+        self.db.execute(
+            "UPDATE session SET expires = ? WHERE sid = ?",
+            (time.time() + lifetime, sid),
+        )
         result: SessionData = codec.decode(data)
         return result
 
@@ -105,7 +115,9 @@ class SQLiteProvider(Provider):
 
     def _regenerate(self, old_sid: str, sid: str) -> SessionData:
         row = self._live(old_sid)
-        data, lifetime = row if row is not None else (codec.encode({}), self.max_lifetime)
+        data, lifetime = (
+            row if row is not None else (codec.encode({}), self.max_lifetime)
+        )
         self.db.execute("DELETE FROM session WHERE sid = ?", (old_sid,))
         self.db.execute(
             "INSERT OR REPLACE INTO session VALUES (?, ?, ?, ?)",
@@ -118,7 +130,9 @@ class SQLiteProvider(Provider):
         self.db.execute("DELETE FROM session WHERE sid = ?", (sid,))
 
     def _all(self) -> int:
-        row = self.db.execute("SELECT COUNT(*) FROM session WHERE expires > ?", (time.time(),)).fetchone()
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM session WHERE expires > ?", (time.time(),)
+        ).fetchone()
         return int(row[0])
 
     def _gc(self) -> None:
@@ -150,15 +164,24 @@ class SQLiteProvider(Provider):
             return self._all()
         if isinstance(message, GC):
             return self._gc()
-        raise NotImplementedError(f"{type(self).__name__} does not handle {message.kind!r}")
+        raise NotImplementedError(
+            f"{type(self).__name__} does not handle {message.kind!r}"
+        )
 
     def _transaction(self, messages: Sequence[Message]) -> list[Any]:
-        """Handle *messages* in one write transaction; a failure rolls back only its own message."""
+        """Handle *messages* in one write transaction.
+
+        A failure rolls back only its own message (a savepoint per message).
+        """
         outcomes: list[Any] = []
         try:
-            self.db.execute("BEGIN IMMEDIATE")  # take the write lock: other processes wait
+            self.db.execute(
+                "BEGIN IMMEDIATE"
+            )  # take the write lock: other processes wait
         except sqlite3.Error as exc:
-            return [ProviderUnavailableError(f"session database is locked or gone: {exc}")] * len(messages)
+            return [
+                ProviderUnavailableError(f"session database is locked or gone: {exc}")
+            ] * len(messages)
         try:
             for message in messages:
                 self.db.execute("SAVEPOINT message")
@@ -172,19 +195,25 @@ class SQLiteProvider(Provider):
         except sqlite3.Error as exc:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            return [ProviderUnavailableError(f"session database failed: {exc}")] * len(messages)
+            return [ProviderUnavailableError(f"session database failed: {exc}")] * len(
+                messages
+            )
         return outcomes
 
     # -- what the actor calls ------------------------------------------------
 
     async def handle_batch(self, messages: Sequence[Message]) -> list[Any]:
         if self._db is None or any(isinstance(m, (Init, Close)) for m in messages):
-            return await super().handle_batch(messages)  # one by one, through the verbs below
+            return await super().handle_batch(
+                messages
+            )  # one by one, through the verbs below
         return await self._run(self._transaction, messages)
 
     async def session_init(self, max_lifetime: int, config: Any) -> None:
         if not isinstance(config, str) or not config:
-            raise ConfigError("the sqlite provider needs provider_config = a database file path")
+            raise ConfigError(
+                "the sqlite provider needs provider_config = a database file path"
+            )
         self.max_lifetime = max_lifetime
         self._db = await self._run(self._open, config)
 

@@ -1,4 +1,6 @@
-"""The application the "Testing your app" examples test: a profile page for logged-in users.
+"""The application the "Testing your app" examples test.
+
+A profile page for logged-in users.
 
 ``GET /profile`` answers 403 without a ``user`` in the session, else the user
 and a view counter; ``POST /logout`` destroys the session.
@@ -7,7 +9,6 @@ and a view counter; ``POST /logout`` destroys the session.
 from __future__ import annotations
 
 import tornado.web
-
 from gosession_tornado import SessionManager, SessionMixin
 
 
@@ -27,5 +28,6 @@ class LogoutHandler(SessionMixin, tornado.web.RequestHandler):
 
 def make_app(manager: SessionManager) -> tornado.web.Application:
     return tornado.web.Application(
-        [(r"/profile", ProfileHandler), (r"/logout", LogoutHandler)], session_manager=manager
+        [(r"/profile", ProfileHandler), (r"/logout", LogoutHandler)],
+        session_manager=manager,
     )

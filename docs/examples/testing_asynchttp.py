@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import tornado.testing
 import tornado.web
-from testing_app import make_app
-from tornado.escape import json_decode
-
 from gosession_tornado import SessionManager
 from gosession_tornado.testing import SessionTestMixin
+from tornado.escape import json_decode
+
+from testing_app import make_app
 
 
 class ProfileTest(SessionTestMixin, tornado.testing.AsyncHTTPTestCase):

@@ -14,10 +14,15 @@ import pytest_asyncio
 import tornado.httpclient
 import tornado.httpserver
 import tornado.netutil
-from testing_app import make_app
-
 from gosession_tornado import SessionManager
-from gosession_tornado.testing import make_session, make_session_cookie, read_session, session_cookie
+from gosession_tornado.testing import (
+    make_session,
+    make_session_cookie,
+    read_session,
+    session_cookie,
+)
+
+from testing_app import make_app
 
 
 @pytest_asyncio.fixture
@@ -44,7 +49,9 @@ async def fetch(url: str, **kwargs: Any) -> tornado.httpclient.HTTPResponse:
 
 
 @pytest.mark.asyncio
-async def test_logged_in_user_sees_the_profile(manager: SessionManager, base_url: str) -> None:
+async def test_logged_in_user_sees_the_profile(
+    manager: SessionManager, base_url: str
+) -> None:
     cookie = await make_session_cookie(manager, {"user": "ann"})
     response = await fetch(f"{base_url}/profile", headers={"Cookie": cookie})
     assert response.code == 200
@@ -53,9 +60,13 @@ async def test_logged_in_user_sees_the_profile(manager: SessionManager, base_url
 
 
 @pytest.mark.asyncio
-async def test_logout_destroys_the_session(manager: SessionManager, base_url: str) -> None:
+async def test_logout_destroys_the_session(
+    manager: SessionManager, base_url: str
+) -> None:
     made = await make_session(manager, {"user": "ann"})
-    response = await fetch(f"{base_url}/logout", method="POST", body=b"", headers=made.headers)
+    response = await fetch(
+        f"{base_url}/logout", method="POST", body=b"", headers=made.headers
+    )
     assert response.code == 200
     assert session_cookie(manager, response) is None  # the cookie was expired
     assert await read_session(manager, made.session_id) is None
