@@ -33,8 +33,8 @@ from gosession_tornado import (
     codec,
 )
 from gosession_tornado.provider import All, Changes, Destroy, Exist, Read, Regenerate, Release
-from gosession_tornado.providers.redis import META_FIELD, RedisProvider, may_repeat
-from gosession_tornado.redis_config import RedisConfig, parse_duration, parse_redis_config
+from gosession_tornado.providers.redis.config import RedisConfig, parse_duration, parse_redis_config
+from gosession_tornado.providers.redis.provider import META_FIELD, RedisProvider, may_repeat
 
 from .conftest import REDIS, free_port, require_server, server_answers
 from .factories.factory_redis import delete_prefix

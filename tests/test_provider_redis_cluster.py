@@ -30,9 +30,9 @@ from redis.crc import key_slot
 
 from gosession_tornado import ConfigError, ProviderUnavailableError, SessionManager, SessionMixin
 from gosession_tornado.provider import All, Changes, Destroy, Exist, Read, Regenerate, Release
-from gosession_tornado.providers.redis import META_FIELD
-from gosession_tornado.providers.redis_cluster import RedisClusterProvider, parse_cluster_config
-from gosession_tornado.redis_config import DEFAULT_POOLSIZE
+from gosession_tornado.providers.redis.cluster import RedisClusterProvider, parse_cluster_config
+from gosession_tornado.providers.redis.config import DEFAULT_POOLSIZE
+from gosession_tornado.providers.redis.provider import META_FIELD
 
 from .conftest import REDIS, free_port, require_server
 from .factories.factory_redis_cluster import Cluster, delete_prefix, shared_cluster

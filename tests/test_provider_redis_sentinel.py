@@ -21,8 +21,8 @@ import tornado.web
 
 from gosession_tornado import ConfigError, ProviderUnavailableError, SessionManager, SessionMixin
 from gosession_tornado.provider import Read, Release
-from gosession_tornado.providers.redis import RedisProvider
-from gosession_tornado.providers.redis_sentinel import (
+from gosession_tornado.providers.redis.provider import RedisProvider
+from gosession_tornado.providers.redis.sentinel import (
     RedisSentinelProvider,
     SentinelConfig,
     parse_sentinel_config,

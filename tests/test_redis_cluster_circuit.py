@@ -30,7 +30,7 @@ import pytest
 
 from gosession_tornado import ProviderUnavailableError, SessionManager
 from gosession_tornado.provider import Release
-from gosession_tornado.providers.redis_cluster import NodeCircuit, RedisClusterProvider
+from gosession_tornado.providers.redis.cluster import NodeCircuit, RedisClusterProvider
 
 from .factories.factory_redis_cluster import Cluster
 from .support import ask, create, fail_or_skip

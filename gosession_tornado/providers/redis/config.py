@@ -46,8 +46,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .durations import go_duration_seconds
-from .errors import ConfigError
+from ...durations import go_duration_seconds
+from ...errors import ConfigError
 
 __all__ = [
     "RedisConfig",

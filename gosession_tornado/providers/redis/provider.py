@@ -62,7 +62,7 @@ Failure
     restarted server forgot is loaded again transparently (``NOSCRIPT``
     retry).
 
-``provider_config`` forms are described in :mod:`gosession_tornado.redis_config`.
+``provider_config`` forms are described in :mod:`gosession_tornado.providers.redis.config`.
 """
 
 from __future__ import annotations
@@ -87,10 +87,10 @@ from redis.asyncio.connection import (
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff, ExponentialBackoff
 
-from .. import codec
-from .._log import get_logger
-from ..errors import ConfigError, ProviderUnavailableError
-from ..provider import (
+from ... import codec
+from ..._log import get_logger
+from ...errors import ConfigError, ProviderUnavailableError
+from ...provider import (
     GC,
     BatchVerbs,
     Changes,
@@ -102,7 +102,7 @@ from ..provider import (
     Release,
     SessionData,
 )
-from ..redis_config import RedisConfig, parse_redis_config
+from .config import RedisConfig, parse_redis_config
 
 __all__ = ["RedisProvider", "META_FIELD", "RedisScript"]
 

@@ -97,10 +97,10 @@ from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .._log import get_logger
-from ..errors import ConfigError, ProviderUnavailableError
-from ..provider import Message, Regenerate, SessionData
-from ..redis_config import (
+from ..._log import get_logger
+from ...errors import ConfigError, ProviderUnavailableError
+from ...provider import Message, Regenerate, SessionData
+from .config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     RedisConfig,
@@ -110,7 +110,7 @@ from ..redis_config import (
     parse_addr,
     parse_redis_config,
 )
-from .redis import (
+from .provider import (
     _CHUNK,
     _LUA_META,
     _SCAN_COUNT,
@@ -454,7 +454,7 @@ class RedisClusterProvider(RedisProvider):
     """Sessions in a Redis Cluster: hash-tagged keys, per-node pipelines, CROSSSLOT-free regenerate.
 
     Storage, expiry and release semantics are those of
-    :class:`~gosession_tornado.providers.redis.RedisProvider`; see the module
+    :class:`~gosession_tornado.providers.redis.provider.RedisProvider`; see the module
     documentation for keys, regenerate, batching and failure behaviour.
     """
 

@@ -2,7 +2,7 @@
 
 Needs the ``[redis]`` extra (``redis>=5``, :mod:`redis.asyncio.sentinel`).
 :class:`RedisSentinelProvider` subclasses
-:class:`~gosession_tornado.providers.redis.RedisProvider`, so storage layout,
+:class:`~gosession_tornado.providers.redis.provider.RedisProvider`, so storage layout,
 Lua delta releases, TTL refresh on access, atomic regenerate and batches
 (one script call each, over the provider's one connection) are exactly
 those of the ``redis`` provider. Only the connection differs:
@@ -65,10 +65,10 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from ..errors import ConfigError, ProviderUnavailableError
-from ..redis_config import _ALIASES as _REDIS_ALIASES
-from ..redis_config import RedisConfig, config_source, is_url, parse_addr, parse_redis_config
-from .redis import RedisProvider
+from ...errors import ConfigError, ProviderUnavailableError
+from .config import _ALIASES as _REDIS_ALIASES
+from .config import RedisConfig, config_source, is_url, parse_addr, parse_redis_config
+from .provider import RedisProvider
 
 __all__ = [
     "RedisSentinelProvider",
@@ -87,7 +87,7 @@ _WHAT = "redis_sentinel provider_config"
 
 @dataclasses.dataclass(frozen=True)
 class SentinelConfig(RedisConfig):
-    """A :class:`~gosession_tornado.redis_config.RedisConfig` for the data nodes, plus the sentinels.
+    """A :class:`~gosession_tornado.providers.redis.config.RedisConfig` for the data nodes, and the sentinels.
 
     ``host``, ``port`` and ``unix_socket_path`` of the base class are unused:
     the master's address comes from the sentinels.
@@ -337,7 +337,7 @@ def parse_sentinel_config(config: Any) -> SentinelConfig:
 class RedisSentinelProvider(RedisProvider):
     """Sessions in Redis hashes on the master that Redis Sentinel names; fails over by itself.
 
-    Everything but the connection is :class:`~gosession_tornado.providers.redis.RedisProvider`:
+    Everything but the connection is :class:`~gosession_tornado.providers.redis.provider.RedisProvider`:
     this class overrides :meth:`parse_config` (the sentinel forms),
     :meth:`make_client` (``Sentinel(...).master_for(master_name)``),
     :meth:`session_init` (an unknown ``master_name`` is a ``ConfigError``) and
