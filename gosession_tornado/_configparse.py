@@ -1,4 +1,4 @@
-"""Config-parsing helpers shared by :mod:`gosession_tornado.dsn` and :mod:`gosession_tornado.pg_dsn`.
+"""Config-parsing helpers shared by the SQL providers' DSN parsers.
 
 Each helper takes the provider name (*dialect*, ``"mysql"`` or
 ``"postgresql"``) that starts its error messages, and raises

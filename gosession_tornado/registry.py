@@ -25,8 +25,8 @@ BUILTINS: dict[str, tuple[str, str, str | None]] = {
     "redis": ("gosession_tornado.providers.redis.provider", "RedisProvider", "redis"),
     "redis_cluster": ("gosession_tornado.providers.redis.cluster", "RedisClusterProvider", "redis"),
     "redis_sentinel": ("gosession_tornado.providers.redis.sentinel", "RedisSentinelProvider", "redis"),
-    "mysql": ("gosession_tornado.providers.mysql", "MySQLProvider", "mysql"),
-    "postgresql": ("gosession_tornado.providers.postgresql", "PostgreSQLProvider", "postgresql"),
+    "mysql": ("gosession_tornado.providers.sql.mysql", "MySQLProvider", "mysql"),
+    "postgresql": ("gosession_tornado.providers.sql.postgresql", "PostgreSQLProvider", "postgresql"),
     "memcache": ("gosession_tornado.providers.memcache", "MemcacheProvider", "memcache"),
 }
 

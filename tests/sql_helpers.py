@@ -39,7 +39,7 @@ import tornado.web
 
 from gosession_tornado import SessionError, SessionManager, SessionMixin, codec
 from gosession_tornado.provider import Read, Release
-from gosession_tornado.providers._sql import SQLBatchProvider
+from gosession_tornado.providers.sql.base import SQLBatchProvider
 
 from . import support
 from .support import ask, create
@@ -532,7 +532,7 @@ class MySQLDialect(Dialect):
             await self.sql(f"DROP TABLE `{table}`")
 
     def provider_class(self) -> type[SQLBatchProvider]:
-        from gosession_tornado.providers.mysql import MySQLProvider
+        from gosession_tornado.providers.sql.mysql import MySQLProvider
 
         return MySQLProvider
 
@@ -624,7 +624,7 @@ class PostgreSQLDialect(Dialect):
         await self.sql(f'DROP TABLE IF EXISTS "{table}"')
 
     def provider_class(self) -> type[SQLBatchProvider]:
-        from gosession_tornado.providers.postgresql import PostgreSQLProvider
+        from gosession_tornado.providers.sql.postgresql import PostgreSQLProvider
 
         return PostgreSQLProvider
 

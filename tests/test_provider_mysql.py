@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from gosession_tornado import ConfigError, SessionManager
-from gosession_tornado.dsn import MySQLSettings, parse_go_duration, parse_mysql_config
 from gosession_tornado.provider import Read, Release
+from gosession_tornado.providers.sql.mysql_dsn import MySQLSettings, parse_go_duration, parse_mysql_config
 
 from .conftest import fail_or_skip
 from .sql_helpers import MYSQL_DIALECT as DB

@@ -20,8 +20,12 @@ from typing import Any
 import pytest
 
 from gosession_tornado import ConfigError, SessionManager
-from gosession_tornado.pg_dsn import PostgreSQLSettings, parse_keyword_dsn, parse_postgresql_config
 from gosession_tornado.provider import Read, Regenerate, Release
+from gosession_tornado.providers.sql.postgresql_dsn import (
+    PostgreSQLSettings,
+    parse_keyword_dsn,
+    parse_postgresql_config,
+)
 
 from .conftest import fail_or_skip
 from .sql_helpers import POSTGRESQL_DIALECT as DB

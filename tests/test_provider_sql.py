@@ -75,7 +75,7 @@ def incr(**deltas: int) -> Changes:
 
 
 def test_split_rows_keeps_statements_within_the_budget() -> None:
-    from gosession_tornado.providers._sql import _ROW_ALLOWANCE, split_rows
+    from gosession_tornado.providers.sql.base import _ROW_ALLOWANCE, split_rows
 
     rows = [(f"k{i}", b"x" * 100, 600, b"y" * 50) for i in range(10)]
     assert split_rows(rows, 10**6, (1, 3)) == [rows]  # the usual case: one statement

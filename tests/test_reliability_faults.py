@@ -156,7 +156,7 @@ async def test_sql_take_never_returns_a_connection_released_meanwhile() -> None:
     ``InterfaceError: cannot call Connection.terminate(): connection has been
     released back to the pool``, which the mixin answers with a 500.
     """
-    from gosession_tornado.providers.postgresql import PostgreSQLProvider
+    from gosession_tornado.providers.sql.postgresql import PostgreSQLProvider
 
     class Conn:
         def __init__(self, name: str) -> None:

@@ -68,10 +68,10 @@ import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from .. import codec
-from .._log import get_logger
-from ..errors import ConfigError, SessionError
-from ..provider import (
+from ... import codec
+from ..._log import get_logger
+from ...errors import ConfigError, SessionError
+from ...provider import (
     Changes,
     Close,
     Destroy,
@@ -85,7 +85,7 @@ from ..provider import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..config import ManagerConfig
+    from ...config import ManagerConfig
 
 __all__ = ["SQLBatchProvider"]
 

@@ -52,10 +52,10 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from ._configparse import as_int, as_str, host_port, load_json_object, port_number, split_mapping, url_parts
-from .config import normalize_key
-from .durations import go_duration_seconds
-from .errors import ConfigError
+from ..._configparse import as_int, as_str, host_port, load_json_object, port_number, split_mapping, url_parts
+from ...config import normalize_key
+from ...durations import go_duration_seconds
+from ...errors import ConfigError
 
 __all__ = [
     "PostgreSQLSettings",

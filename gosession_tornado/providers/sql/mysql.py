@@ -1,7 +1,7 @@
 """The ``mysql`` provider: sessions in a MySQL/MariaDB table, beego's schema, via aiomysql.
 
 ``provider_config`` is a Go DSN (``user:pass@tcp(127.0.0.1:3306)/dbname?table=session``),
-a ``mysql://`` URL or a dict; see :mod:`gosession_tornado.dsn`. Needs the
+a ``mysql://`` URL or a dict; see :mod:`gosession_tornado.providers.sql.mysql_dsn`. Needs the
 ``mysql`` extra (``pip install 'gosession-tornado[mysql]'``).
 
 The table is beego's, created if missing (InnoDB)::
@@ -52,7 +52,7 @@ What holds:
 """
 
 # SQL is built with f-strings only from the table name (validated as a plain identifier
-# in dsn.py and backtick-quoted) and from "%s" placeholder lists; every value is a parameter,
+# in mysql_dsn.py and backtick-quoted) and from "%s" placeholder lists; every value is a parameter,
 # except in the lookup and release statements, which inline session ids (checked against
 # [A-Za-z0-9_-] by _key), integers and records as hex literals (X'…').
 # ruff: noqa: S608
@@ -72,10 +72,10 @@ import aiomysql
 import pymysql
 from pymysql.constants import CLIENT
 
-from .._log import get_logger
-from ..dsn import MySQLSettings, parse_mysql_config
-from ..errors import ConfigError, ProviderUnavailableError, SessionError
-from ._sql import GC_CHUNK, SID_RE, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
+from ..._log import get_logger
+from ...errors import ConfigError, ProviderUnavailableError, SessionError
+from .base import GC_CHUNK, SID_RE, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
+from .mysql_dsn import MySQLSettings, parse_mysql_config
 
 __all__ = ["MySQLProvider", "MEDIUMBLOB_MAX"]
 

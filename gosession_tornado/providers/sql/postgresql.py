@@ -3,7 +3,7 @@
 ``provider_config`` is beego's libpq ``key=value`` DSN
 (``user=postgres password= host=127.0.0.1 port=5432 dbname=test sslmode=disable``),
 a ``postgresql://`` / ``postgres://`` URL or a dict; see
-:mod:`gosession_tornado.pg_dsn`. Needs the ``postgresql`` extra
+:mod:`gosession_tornado.providers.sql.postgresql_dsn`. Needs the ``postgresql`` extra
 (``pip install 'gosession-tornado[postgresql]'``).
 
 The table has beego's columns and is created if missing::
@@ -53,7 +53,7 @@ What holds:
 """
 
 # SQL is built with f-strings only from the table name (validated as a plain identifier in
-# pg_dsn.py and double-quoted), the key column's type name (one of three constants) and
+# postgresql_dsn.py and double-quoted), the key column's type name (one of three constants) and
 # index names derived from them; every value is a $n parameter.
 # ruff: noqa: S608
 from __future__ import annotations
@@ -65,10 +65,10 @@ from typing import Any
 
 import asyncpg
 
-from .._log import get_logger
-from ..errors import ConfigError, ProviderUnavailableError, SessionError
-from ..pg_dsn import PostgreSQLSettings, parse_postgresql_config
-from ._sql import GC_CHUNK, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
+from ..._log import get_logger
+from ...errors import ConfigError, ProviderUnavailableError, SessionError
+from .base import GC_CHUNK, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
+from .postgresql_dsn import PostgreSQLSettings, parse_postgresql_config
 
 __all__ = ["PostgreSQLProvider", "MAX_PAYLOAD"]
 
