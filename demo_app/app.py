@@ -54,8 +54,8 @@ from gosession_tornado import (
     lookup,
     provider_names,
 )
-from gosession_tornado.config import normalize_key
 from gosession_tornado.session import Session
+from gosession_tornado.values import normalize_key
 
 __all__ = [
     "DemoError",

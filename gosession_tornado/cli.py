@@ -67,7 +67,7 @@ import msgpack
 
 from . import __version__
 from ._log import redact
-from .config import ManagerConfig, build_config, normalize_key
+from .config import ManagerConfig, build_config
 from .errors import (
     ConfigError,
     DuplicateProviderError,
@@ -78,6 +78,7 @@ from .errors import (
 from .manager import SessionManager
 from .registry import lookup, provider_names
 from .testing import read_session
+from .values import normalize_key
 
 __all__ = [
     "main",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import re
 import typing
 import warnings
@@ -32,6 +31,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigError
+from .values import boolean, integer, json_object, normalize_key, number, string
+from .values import fail as values_fail
 
 __all__ = ["ManagerConfig", "build_config", "normalize_key", "SAME_SITE_VALUES"]
 
@@ -107,6 +108,9 @@ class ManagerConfig:
         return build_config(data)
 
 
+#: How messages name a key: ``config key 'gclifetime' must be an integer, got str '3600'``.
+_WHAT = "config key"
+
 _BOOL = "bool"
 _INT = "int"
 _NUM = "number"
@@ -121,11 +125,6 @@ _FIELD_TYPES: dict[str, str] = {
     for name, hint in typing.get_type_hints(ManagerConfig).items()
     if name in {f.name for f in dataclasses.fields(ManagerConfig)}
 }
-
-
-def normalize_key(key: str) -> str:
-    """``"cookieLifeTime"``, ``"cookie_lifetime"`` and ``"COOKIE-LIFETIME"`` all give ``"cookielifetime"``."""
-    return re.sub(r"[_\-\s]", "", key).lower()
 
 
 _ALIASES: dict[str, str] = {normalize_key(f): f for f in _FIELD_TYPES}
@@ -154,48 +153,17 @@ _IGNORED_WITH_WARNING = {"sessionidhashfunc", "sessionidhashkey"}
 
 
 def _check_type(field: str, key: str, value: Any) -> Any:
+    """*value* of *field* (given as *key*) as its annotation says; JSON types, so no strings for numbers."""
     kind = _FIELD_TYPES[field]
     if kind == _BOOL:
-        if not isinstance(value, bool):
-            raise ConfigError(
-                f"config key {key!r} must be a bool (true/false), got {type(value).__name__} {value!r}",
-                key=key,
-            )
-        return value
+        return boolean(value, key, _WHAT, text=False)
     if kind == _INT:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(
-                f"config key {key!r} must be an integer number of seconds/bytes, "
-                f"got {type(value).__name__} {value!r}",
-                key=key,
-            )
-        return value
+        return integer(value, key, _WHAT, text=False)
     if kind == _NUM:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(
-                f"config key {key!r} must be a number of seconds, got {type(value).__name__} {value!r}",
-                key=key,
-            )
-        return float(value)
+        return number(value, key, _WHAT, text=False)
     if kind == _STR:
-        if not isinstance(value, str):
-            raise ConfigError(
-                f"config key {key!r} must be a string, got {type(value).__name__} {value!r}", key=key
-            )
-        return value
+        return string(value, key, _WHAT)
     return value
-
-
-def _parse_json(text: str, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} must be a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _positional(args: tuple[Any, ...]) -> dict[str, Any]:
@@ -209,7 +177,7 @@ def _positional(args: tuple[Any, ...]) -> dict[str, Any]:
         if isinstance(first, Mapping):
             return dict(first)
         if isinstance(first, str) and first.lstrip().startswith("{"):
-            return _parse_json(first, "the session config string")
+            return json_object(first, "the session config string", key=None)
         if isinstance(first, str):
             return {"cookie_name": first}
         raise ConfigError(
@@ -297,9 +265,7 @@ def _from_mapping(raw: Mapping[str, Any]) -> ManagerConfig:
                 )
             continue
         if norm == "disablehttponly":
-            if not isinstance(value, bool):
-                raise ConfigError(f"config key {key!r} must be a bool, got {value!r}", key=key)
-            values["http_only"] = not value
+            values["http_only"] = not boolean(value, key, _WHAT, text=False)
             seen_keys["http_only"] = key
             continue
         field = _ALIASES.get(norm)
@@ -356,7 +322,7 @@ def _from_mapping(raw: Mapping[str, Any]) -> ManagerConfig:
 
 def _validate(cfg: ManagerConfig, name: Any) -> None:
     def fail(field: str, msg: str) -> None:
-        raise ConfigError(f"config key {name(field)!r} {msg}", key=name(field))
+        raise values_fail(_WHAT, name(field), msg)
 
     if not cfg.provider:
         fail("provider", "must name a provider, e.g. 'memory'")

@@ -81,7 +81,9 @@ def _inventory(html: pathlib.Path) -> set[str]:
     return names
 
 
-CORE_MODULES = ("manager", "web", "session", "config", "errors", "provider", "registry", "actor", "codec")
+CORE_MODULES = (
+    "manager", "web", "session", "config", "values", "errors", "provider", "registry", "actor", "codec",
+)
 
 
 def test_api_reference_documents_every_public_name(built_docs: pathlib.Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from gosession_tornado import ConfigError, SessionManager
 from gosession_tornado.provider import Read, Release
-from gosession_tornado.providers.sql.mysql_dsn import MySQLSettings, parse_go_duration, parse_mysql_config
+from gosession_tornado.providers.sql.mysql_dsn import MySQLSettings, parse_mysql_config
 
 from .conftest import fail_or_skip
 from .sql_helpers import MYSQL_DIALECT as DB
@@ -158,17 +158,6 @@ def test_bad_configs_raise_config_error_naming_the_part(config: Any, key: str) -
 def test_bad_dsn_fails_when_the_manager_is_built() -> None:
     with pytest.raises(ConfigError, match="tcp"):
         SessionManager("mysql", "gosessionid", 3600, "username:password@protocol(address)/dbname?param=value")
-
-
-def test_go_durations() -> None:
-    assert parse_go_duration("1m30s") == 90.0
-    assert parse_go_duration("500ms") == 0.5
-    assert parse_go_duration("2.5s") == 2.5
-    assert parse_go_duration("10") == 10.0
-    assert parse_go_duration("1h") == 3600.0
-    for bad in ("5 s", "-1s", "s", "1d"):
-        with pytest.raises(ConfigError):
-            parse_go_duration(bad)
 
 
 def test_settings_defaults() -> None:

@@ -66,7 +66,7 @@ import json
 import re
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -75,9 +75,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .. import codec
 from .._log import get_logger
-from ..config import ManagerConfig, normalize_key
+from ..config import ManagerConfig
 from ..errors import ConfigError, CookieTooLargeError
 from ..provider import Changes, DecodeCookie, DecodedCookie, EncodeCookie, Message, Provider, SessionData
+from ..values import boolean, integer, normalize_key, string
 
 __all__ = [
     "CookieProvider",
@@ -244,25 +245,20 @@ def parse_config(raw: Any, *, warn: bool = True) -> CookieSettings:
     if not keys:
         raise ConfigError(f"cookie provider: no key configured; {_HOW_TO}", key="provider_config")
 
-    def typed(field: str, kind: type, label: str) -> Any:
+    def typed(field: str, parse: Callable[[Any, str], Any]) -> Any:
         if field not in values:
             return None
         name, value = values[field]
-        if kind is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind):
-            raise ConfigError(f"cookie provider: {name!r} must be {label}, got {value!r}", key=name)
-        return value
+        return parse(value, name)
 
-    max_age = typed("max_age", int, "an integer number of seconds")
-    if max_age is not None and max_age < 0:
-        raise ConfigError(f"cookie provider: 'maxage' must be >= 0 seconds, got {max_age}", key="maxage")
+    what = "cookie provider:"
     return CookieSettings(
         keys=tuple(keys),
-        security_name=typed("security_name", str, "a string"),
-        cookie_name=typed("cookie_name", str, "a string"),
-        secure=typed("secure", bool, "a bool"),
-        max_age=max_age,
+        security_name=typed("security_name", lambda value, key: string(value, key, what)),
+        cookie_name=typed("cookie_name", lambda value, key: string(value, key, what)),
+        secure=typed("secure", lambda value, key: boolean(value, key, what, text=False)),
+        # seconds
+        max_age=typed("max_age", lambda value, key: integer(value, key, what, minimum=0, text=False)),
     )
 
 

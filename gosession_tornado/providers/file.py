@@ -85,6 +85,7 @@ from ..provider import (
     Release,
     SessionData,
 )
+from ..values import normalize_key
 
 __all__ = [
     "DEFAULT_SAVE_PATH",
@@ -194,17 +195,13 @@ def _check_sid(sid: object) -> None:
 _PATH_KEYS = frozenset({"savepath", "path"})
 
 
-def _norm_key(key: object) -> str:
-    return str(key).lower().replace("_", "")
-
-
 def _parse_config(config: Any) -> str:
     """The directory named by *config* (a path string or a dict with ``save_path``)."""
     if config is None:
         return DEFAULT_SAVE_PATH
     if isinstance(config, Mapping):
-        found = [v for k, v in config.items() if _norm_key(k) in _PATH_KEYS]
-        unknown = sorted(str(k) for k in config if _norm_key(k) not in _PATH_KEYS)
+        found = [v for k, v in config.items() if normalize_key(str(k)) in _PATH_KEYS]
+        unknown = sorted(str(k) for k in config if normalize_key(str(k)) not in _PATH_KEYS)
         if unknown:
             warnings.warn(
                 f"file provider: unknown provider_config keys {unknown} ignored (known: 'save_path')",

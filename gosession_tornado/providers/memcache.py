@@ -79,10 +79,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import random
 import time
-import warnings
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qs, unquote
@@ -102,6 +100,16 @@ from ..provider import (
     Read,
     Release,
     SessionData,
+)
+from ..values import (
+    aliased_items,
+    fail,
+    integer,
+    join_host_port,
+    json_object,
+    normalize_key,
+    split_host_port,
+    string,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -144,6 +152,7 @@ _TOMBSTONE_SECONDS = 30
 TOMBSTONE = b"\xc1"
 
 _WHAT = "memcache provider_config"
+_ITEM = f"{_WHAT} item"
 
 _T = TypeVar("_T")
 
@@ -187,8 +196,7 @@ class MemcacheServer:
         """``host:port`` (IPv6 in brackets) or the socket path: shown in messages and hashed."""
         if self.path:
             return self.path
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     def address(self) -> emcache.MemcachedHostAddress | emcache.MemcachedUnixSocketPath:
         """The address as emcache takes it."""
@@ -210,10 +218,6 @@ class MemcacheConfig:
     cas_retries: int = DEFAULT_CAS_RETRIES
 
 
-def _fail(key: str, message: str) -> ConfigError:
-    return ConfigError(f"{_WHAT} item {key!r} {message}", key=key)
-
-
 def _parse_server(text: str, key: str) -> MemcacheServer:
     """One server: ``host:port``, ``host``, ``:port``, ``[v6]:port``, ``/socket`` or a URL."""
     text = text.strip()
@@ -221,35 +225,10 @@ def _parse_server(text: str, key: str) -> MemcacheServer:
         return _parse_url_server(text, key)
     if text.startswith("/"):
         return MemcacheServer(path=text)
-    if not text or any(c.isspace() for c in text) or "/" in text or "@" in text:
-        raise _fail(key, f"must list servers as 'host:port' separated by ';', got {text!r}")
-    host, port_text = text, ""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise _fail(key, f"has an unclosed '[' in {text!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise _fail(key, f"must look like '[ipv6]:port', got {text!r}")
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    elif text.count(":") > 1:
-        raise _fail(key, f"is ambiguous: write an IPv6 address as '[{text}]:{DEFAULT_PORT}'")
-    return MemcacheServer(host or DEFAULT_HOST, _port(port_text, key, text))
-
-
-def _port(port_text: str, key: str, whole: str) -> int:
-    if not port_text:
-        return DEFAULT_PORT
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise _fail(key, f"has a non-numeric port in {whole!r}") from None
-    if not 1 <= port <= 65535:
-        raise _fail(key, f"has port {port} in {whole!r}, outside 1-65535")
-    return port
+    if not text:
+        raise fail(_ITEM, key, "must list servers as 'host:port' separated by ';', got ''")
+    host, port = split_host_port(text, key, _ITEM, default_host=DEFAULT_HOST, default_port=DEFAULT_PORT)
+    return MemcacheServer(host, port)
 
 
 def _parse_url_server(url: str, key: str) -> MemcacheServer:
@@ -259,10 +238,10 @@ def _parse_url_server(url: str, key: str) -> MemcacheServer:
     if scheme == "unix":
         path = unquote(rest.split("?", 1)[0])
         if not path.startswith("/"):
-            raise _fail(key, f"unix:// URL needs an absolute socket path, got {url!r}")
+            raise fail(_ITEM, key, f"unix:// URL needs an absolute socket path, got {url!r}")
         return MemcacheServer(path=path)
     if scheme not in ("memcache", "memcached"):
-        raise _fail(key, f"URL scheme must be memcache:// or unix://, got {url!r}")
+        raise fail(_ITEM, key, f"URL scheme must be memcache:// or unix://, got {url!r}")
     netloc = rest.split("/", 1)[0].split("?", 1)[0]
     if not netloc:
         return MemcacheServer()
@@ -274,25 +253,8 @@ def _split_servers(text: str, key: str) -> list[MemcacheServer]:
     items = [item.strip() for item in text.replace(",", ";").split(";")]
     items = [item for item in items if item]
     if not items:
-        raise _fail(key, "lists no server")
+        raise fail(_ITEM, key, "lists no server")
     return [_parse_server(item, key) for item in items]
-
-
-def _int(value: Any, key: str, *, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise _fail(key, f"must be an integer, got {value!r}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise _fail(key, f"must be an integer, got {value!r}") from None
-    if not isinstance(value, int):
-        raise _fail(key, f"must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise _fail(key, f"must be >= {minimum}, got {value}")
-    return value
 
 
 # normalized key (lowercase, no '_'/'-') -> canonical field
@@ -313,10 +275,6 @@ _ALIASES: dict[str, str] = {
 }
 
 
-def _norm(key: str) -> str:
-    return key.lower().replace("_", "").replace("-", "")
-
-
 def _servers_from(value: Any, key: str) -> list[MemcacheServer]:
     if isinstance(value, str):
         return _split_servers(value, key)
@@ -324,45 +282,27 @@ def _servers_from(value: Any, key: str) -> list[MemcacheServer]:
         servers: list[MemcacheServer] = []
         for item in value:
             if not isinstance(item, str):
-                raise _fail(key, f"must list servers as strings, got {type(item).__name__} {item!r}")
+                raise fail(_ITEM, key, f"must list servers as strings, got {type(item).__name__} {item!r}")
             servers.extend(_split_servers(item, key))
         if not servers:
-            raise _fail(key, "lists no server")
+            raise fail(_ITEM, key, "lists no server")
         return servers
-    raise _fail(key, f"must be a string or a list of 'host:port' strings, got {type(value).__name__}")
+    raise fail(_ITEM, key, f"must be a string or a list of 'host:port' strings, got {type(value).__name__}")
 
 
 def _from_mapping(raw: Mapping[Any, Any], base: MemcacheConfig) -> MemcacheConfig:
-    values: dict[str, Any] = {}
-    names: dict[str, str] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str):
-            raise ConfigError(f"{_WHAT} keys must be strings, got {key!r}", key="provider_config")
-        field = _ALIASES.get(_norm(key))
-        if field is None:
-            warnings.warn(
-                f"unknown {_WHAT} key {key!r} ignored (known: servers, key_prefix, max_connections, "
-                "cas_retries)",
-                UserWarning,
-                stacklevel=4,
-            )
-            continue
-        if field in values:
-            raise _fail(key, f"is given twice (also as {names[field]!r})")
-        values[field] = value
-        names[field] = key
+    known = "servers, key_prefix, max_connections, cas_retries"
+    values, names = aliased_items(raw, _ALIASES, _WHAT, known=known, stacklevel=4)
     changes: dict[str, Any] = {}
     if "servers" in values:
         changes["servers"] = tuple(_servers_from(values["servers"], names["servers"]))
     if "key_prefix" in values:
-        prefix = values["key_prefix"]
-        if not isinstance(prefix, str):
-            raise _fail(names["key_prefix"], f"must be a string, got {type(prefix).__name__} {prefix!r}")
-        changes["key_prefix"] = prefix
+        changes["key_prefix"] = string(values["key_prefix"], names["key_prefix"], _ITEM)
     if "max_connections" in values:
-        changes["max_connections"] = _int(values["max_connections"], names["max_connections"], minimum=1)
+        given = values["max_connections"]
+        changes["max_connections"] = integer(given, names["max_connections"], _ITEM, minimum=1)
     if "cas_retries" in values:
-        changes["cas_retries"] = _int(values["cas_retries"], names["cas_retries"], minimum=0)
+        changes["cas_retries"] = integer(values["cas_retries"], names["cas_retries"], _ITEM, minimum=0)
     return dataclasses.replace(base, **changes)
 
 
@@ -373,8 +313,8 @@ def _from_string(text: str) -> MemcacheConfig:
         text, _, query_text = text.partition("?")
         for qkey, qvalues in parse_qs(query_text, keep_blank_values=True).items():
             query[qkey] = qvalues[-1]
-        if any(_ALIASES.get(_norm(k)) == "servers" for k in query):
-            raise _fail("servers", "may not be given again in the URL's query string")
+        if any(_ALIASES.get(normalize_key(k)) == "servers" for k in query):
+            raise fail(_ITEM, "servers", "may not be given again in the URL's query string")
     if "://" in text and "," in text.split("://", 1)[1].split("/", 1)[0]:
         # memcache://a:11211,b:11211 : several hosts in one URL
         scheme, _, rest = text.partition("://")
@@ -420,13 +360,7 @@ def parse_memcache_config(config: Any) -> MemcacheConfig:
         if not text:
             return MemcacheConfig()
         if text.startswith("{"):
-            try:
-                decoded = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{_WHAT} is not valid JSON: {exc}", key="provider_config") from None
-            if not isinstance(decoded, dict):
-                raise ConfigError(f"{_WHAT} JSON must be an object", key="provider_config")
-            cfg = _from_mapping(decoded, MemcacheConfig())
+            cfg = _from_mapping(json_object(text, _WHAT), MemcacheConfig())
         else:
             cfg = _from_string(text)
     else:
@@ -438,7 +372,7 @@ def parse_memcache_config(config: Any) -> MemcacheConfig:
     seen: set[str] = set()
     for server in cfg.servers:
         if server.name in seen:
-            raise _fail("servers", f"lists {server.name} twice")
+            raise fail(_ITEM, "servers", f"lists {server.name} twice")
         seen.add(server.name)
     return cfg
 

@@ -100,6 +100,7 @@ from redis.backoff import NoBackoff
 from ..._log import get_logger
 from ...errors import ConfigError, ProviderUnavailableError
 from ...provider import Message, Regenerate, SessionData
+from ...values import fail, join_host_port, normalize_key
 from .config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -126,6 +127,7 @@ __all__ = ["ClusterConfig", "NodeCircuit", "NodeHungError", "RedisClusterProvide
 log = get_logger("gosession_tornado.redis_cluster")
 
 _WHAT = "redis_cluster provider_config"
+_ITEM = f"{_WHAT} item"
 
 #: Seconds between two slot-map refreshes after node failures.
 _REFRESH_INTERVAL = 1.0
@@ -160,11 +162,7 @@ class ClusterConfig:
     @property
     def location(self) -> str:
         """``cluster host:port,host:port`` for messages."""
-        return "cluster " + ",".join(_node_name(h, p) for h, p in self.nodes)
-
-
-def _node_name(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return "cluster " + ",".join(join_host_port(h, p) for h, p in self.nodes)
 
 
 _NODE_ITEM = re.compile(r"^\s*(\[[^\]]*\]|[^\s:/@,;\[\]]*):\d+\s*$")
@@ -172,27 +170,18 @@ _NODE_ITEM = re.compile(r"^\s*(\[[^\]]*\]|[^\s:/@,;\[\]]*):\d+\s*$")
 _NODE_KEYS = ("addr", "address", "savepath", "conn", "host", "addrs", "startupnodes", "nodes")
 
 
-def _norm(key: str) -> str:
-    return key.lower().replace("_", "").replace("-", "")
-
-
 def _parse_nodes(items: Sequence[Any], key: str, default_port: int | None = None) -> list[tuple[str, int]]:
     nodes: list[tuple[str, int]] = []
     for item in items:
         if not isinstance(item, str):
-            raise ConfigError(
-                f"{_WHAT} item {key!r} must list 'host:port' strings, got {type(item).__name__} {item!r}",
-                key=key,
-            )
+            raise fail(_ITEM, key, f"must list 'host:port' strings, got {type(item).__name__} {item!r}")
         text = item.strip()
         if not text:
             continue
         host, port, path = parse_addr(text, key)
         if path is not None:
-            raise ConfigError(
-                f"{_WHAT} item {key!r}: Redis Cluster needs TCP 'host:port' nodes, not the socket {text!r}",
-                key=key,
-            )
+            problem = f"names the socket {text!r}: Redis Cluster needs TCP 'host:port' nodes"
+            raise fail(_ITEM, key, problem)
         if default_port is not None and not re.search(r"(^|\]|[^:\]]):\d+$", text):
             port = default_port
         nodes.append((host, port))
@@ -205,10 +194,7 @@ def _check(options: RedisConfig, nodes: list[tuple[str, int]]) -> ClusterConfig:
             f"{_WHAT}: Redis Cluster needs TCP 'host:port' nodes, not a Unix socket", key="addr"
         )
     if options.db != 0:
-        raise ConfigError(
-            f"{_WHAT} item 'dbnum' is {options.db}: a Redis Cluster has only database 0",
-            key="dbnum",
-        )
+        raise fail(_ITEM, "dbnum", f"is {options.db}: a Redis Cluster has only database 0")
     unique = tuple(dict.fromkeys(nodes)) or ((DEFAULT_HOST, DEFAULT_PORT),)
     return ClusterConfig(nodes=unique, options=options)
 
@@ -256,7 +242,7 @@ def _from_mapping_form(raw: Mapping[Any, Any]) -> ClusterConfig:
     for key, value in raw.items():
         if not isinstance(key, str):
             raise ConfigError(f"{_WHAT} keys must be strings, got {key!r}")
-        norm = _norm(key)
+        norm = normalize_key(key)
         if norm in _NODE_KEYS:
             node_values.append((key, value))
         elif norm == "url":
@@ -269,7 +255,7 @@ def _from_mapping_form(raw: Mapping[Any, Any]) -> ClusterConfig:
     base: RedisConfig | None = None
     if url is not None:
         if not isinstance(url, str):
-            raise ConfigError(f"{_WHAT} item 'url' must be a redis:// URL string, got {url!r}", key="url")
+            raise fail(_ITEM, "url", f"must be a redis:// URL string, got {url!r}")
         nodes, base = _from_urls(url)
     default_port: int | None = None
     if port is not None:
@@ -280,11 +266,8 @@ def _from_mapping_form(raw: Mapping[Any, Any]) -> ClusterConfig:
         elif isinstance(value, (list, tuple)):
             items = list(value)
         else:
-            raise ConfigError(
-                f"{_WHAT} item {key!r} must be 'host:port;host:port' or a list of 'host:port', "
-                f"got {type(value).__name__} {value!r}",
-                key=key,
-            )
+            expected = "must be 'host:port;host:port' or a list of 'host:port'"
+            raise fail(_ITEM, key, f"{expected}, got {type(value).__name__} {value!r}")
         nodes.extend(_parse_nodes(items, key, default_port))
     if default_port is not None and not node_values and not nodes:
         nodes = [(DEFAULT_HOST, default_port)]

@@ -39,15 +39,26 @@ overrides the manager's ``key_prefix``. Anything malformed raises
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-import warnings
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
-from ...durations import go_duration_seconds
 from ...errors import ConfigError
+from ...values import (
+    aliased_items,
+    boolean,
+    fail,
+    integer,
+    join_host_port,
+    json_object,
+    normalize_key,
+    seconds,
+    split_host_port,
+    string,
+    url_parts,
+)
+from ...values import port as port_number
 
 __all__ = [
     "RedisConfig",
@@ -67,6 +78,7 @@ DEFAULT_PORT = 6379
 DEFAULT_POOLSIZE = 100
 
 _WHAT = "redis provider_config"
+_ITEM = f"{_WHAT} item"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,79 +112,31 @@ class RedisConfig:
         """``host:port`` or the socket path, for messages."""
         if self.unix_socket_path:
             return f"unix:{self.unix_socket_path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def _fail(key: str, message: str) -> ConfigError:
-    return ConfigError(f"{_WHAT} item {key!r} {message}", key=key)
-
-
+        return join_host_port(self.host, self.port)
 
 
 def parse_duration(value: Any, key: str) -> float | None:
     """Seconds from a number of seconds, a numeric string or a Go duration (``"1m30s"``).
 
-    ``None``, ``""`` and zero mean "not set" (``None``).
+    ``None``, ``""`` and zero mean "not set" (``None``); anything else is read by
+    :func:`gosession_tornado.values.seconds`.
 
     :raises ConfigError: naming *key* for anything else or a negative value.
     """
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise _fail(key, f"must be a number of seconds or a Go duration like '30s', got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        try:
-            seconds = go_duration_seconds(value)
-        except ValueError:
-            raise _fail(
-                key, f"must be a number of seconds or a Go duration like '30s', got {value!r}"
-            ) from None
-    else:
-        raise _fail(key, f"must be a number of seconds or a Go duration like '30s', got {value!r}")
-    if seconds < 0 or seconds != seconds:  # negative or NaN
-        raise _fail(key, f"must be >= 0 seconds, got {value!r}")
-    return seconds or None
+    return seconds(value, key, _ITEM) or None
 
 
-def _int(value: Any, key: str, *, default: int, minimum: int = 0) -> int:
+def _count(value: Any, key: str, *, default: int) -> int:
+    """An integer >= 0; ``None`` or ``""`` (an empty comma item) is *default*."""
     if value is None or value == "":
         return default
-    if isinstance(value, bool):
-        raise _fail(key, f"must be an integer, got {value!r}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise _fail(key, f"must be an integer, got {value!r}") from None
-    if not isinstance(value, int):
-        raise _fail(key, f"must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise _fail(key, f"must be >= {minimum}, got {value}")
-    return value
+    return integer(value, key, _ITEM, minimum=0)
 
 
-def _bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = value.strip().lower() if isinstance(value, str) else None
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise _fail(key, f"must be true or false, got {value!r}")
-
-
-def _str(value: Any, key: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _fail(key, f"must be a string, got {type(value).__name__} {value!r}")
-    return value
+def _text(value: Any, key: str) -> str | None:
+    return None if value is None else string(value, key, _ITEM)
 
 
 def parse_addr(addr: Any, key: str = "addr") -> tuple[str, int, str | None]:
@@ -184,38 +148,14 @@ def parse_addr(addr: Any, key: str = "addr") -> tuple[str, int, str | None]:
     if addr is None:
         return DEFAULT_HOST, DEFAULT_PORT, None
     if not isinstance(addr, str):
-        raise _fail(key, f"must be a 'host:port' string, got {type(addr).__name__} {addr!r}")
+        raise fail(_ITEM, key, f"must be a 'host:port' string, got {type(addr).__name__} {addr!r}")
     text = addr.strip()
     if not text:
         return DEFAULT_HOST, DEFAULT_PORT, None
     if text.startswith("/"):
         return DEFAULT_HOST, DEFAULT_PORT, text
-    if any(c.isspace() for c in text) or "/" in text or "@" in text:
-        raise _fail(key, f"must look like 'host:port', got {addr!r} (use a redis:// URL for more)")
-    host, port_text = text, ""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise _fail(key, f"has an unclosed '[' in {addr!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise _fail(key, f"must look like '[ipv6]:port', got {addr!r}")
-            port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    elif text.count(":") > 1:
-        raise _fail(key, f"is ambiguous: write an IPv6 address as '[{text}]:6379'")
-    if not port_text:
-        port = DEFAULT_PORT
-    else:
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise _fail(key, f"has a non-numeric port in {addr!r}") from None
-        if not 1 <= port <= 65535:
-            raise _fail(key, f"has port {port}, outside 1-65535")
-    return host or DEFAULT_HOST, port, None
+    host, number = split_host_port(text, key, _ITEM, default_host=DEFAULT_HOST, default_port=DEFAULT_PORT)
+    return host, number, None
 
 
 # normalized key (lowercase, no '_'/'-') -> canonical field
@@ -249,36 +189,19 @@ _ALIASES: dict[str, str] = {
 }
 
 
-def _norm(key: str) -> str:
-    return key.lower().replace("_", "").replace("-", "")
+_KNOWN = (
+    "addr, poolsize, password, db_num, idle_timeout, idle_check_frequency, max_retries, key_prefix, "
+    "username, ssl, client_name, url"
+)
 
 
 def _from_mapping(raw: Mapping[Any, Any], base: RedisConfig | None = None) -> RedisConfig:
-    values: dict[str, Any] = {}
-    names: dict[str, str] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str):
-            raise ConfigError(f"{_WHAT} keys must be strings, got {key!r}")
-        field = _ALIASES.get(_norm(key))
-        if field is None:
-            warnings.warn(
-                f"unknown {_WHAT} key {key!r} ignored (known: addr, poolsize, password, db_num, "
-                "idle_timeout, idle_check_frequency, max_retries, key_prefix, username, ssl, "
-                "client_name, url)",
-                UserWarning,
-                stacklevel=4,
-            )
-            continue
-        if field in values:
-            raise _fail(key, f"is given twice (also as {names[field]!r})")
-        values[field] = value
-        names[field] = key
-
+    values, names = aliased_items(raw, _ALIASES, _WHAT, known=_KNOWN, stacklevel=4)
     cfg = base or RedisConfig()
     if "url" in values:
         url = values.pop("url")
         if not isinstance(url, str):
-            raise _fail(names["url"], f"must be a redis:// URL string, got {url!r}")
+            raise fail(_ITEM, names["url"], f"must be a redis:// URL string, got {url!r}")
         cfg = _from_url(url)
 
     def name(field: str) -> str:
@@ -286,23 +209,23 @@ def _from_mapping(raw: Mapping[Any, Any], base: RedisConfig | None = None) -> Re
 
     changes: dict[str, Any] = {}
     if "addr" in values:
-        host, port, path = parse_addr(values["addr"], name("addr"))
-        changes.update(host=host, port=port, unix_socket_path=path)
+        host, number, path = parse_addr(values["addr"], name("addr"))
+        changes.update(host=host, port=number, unix_socket_path=path)
     if "port" in values:
-        changes["port"] = _int(values["port"], name("port"), default=cfg.port, minimum=1)
-        if changes["port"] > 65535:
-            raise _fail(name("port"), f"must be 1-65535, got {changes['port']}")
+        given = values["port"]
+        empty = given is None or given == ""
+        changes["port"] = cfg.port if empty else port_number(given, name("port"), _ITEM)
     if "unix_socket_path" in values:
-        changes["unix_socket_path"] = _str(values["unix_socket_path"], name("unix_socket_path")) or None
+        changes["unix_socket_path"] = _text(values["unix_socket_path"], name("unix_socket_path")) or None
     if "poolsize" in values:
         # beego: an empty or zero pool size means MaxPoolSize.
-        changes["poolsize"] = _int(values["poolsize"], name("poolsize"), default=0) or DEFAULT_POOLSIZE
+        changes["poolsize"] = _count(values["poolsize"], name("poolsize"), default=0) or DEFAULT_POOLSIZE
     if "password" in values:
-        changes["password"] = _str(values["password"], name("password")) or None
+        changes["password"] = _text(values["password"], name("password")) or None
     if "username" in values:
-        changes["username"] = _str(values["username"], name("username")) or None
+        changes["username"] = _text(values["username"], name("username")) or None
     if "db" in values:
-        changes["db"] = _int(values["db"], name("db"), default=0)
+        changes["db"] = _count(values["db"], name("db"), default=0)
     if "idle_timeout" in values:
         changes["idle_timeout"] = parse_duration(values["idle_timeout"], name("idle_timeout"))
     if "idle_check_frequency" in values:
@@ -310,50 +233,40 @@ def _from_mapping(raw: Mapping[Any, Any], base: RedisConfig | None = None) -> Re
             values["idle_check_frequency"], name("idle_check_frequency")
         )
     if "max_retries" in values:
-        changes["max_retries"] = _int(values["max_retries"], name("max_retries"), default=0)
+        changes["max_retries"] = _count(values["max_retries"], name("max_retries"), default=0)
     if "key_prefix" in values:
-        changes["key_prefix"] = _str(values["key_prefix"], name("key_prefix"))
+        changes["key_prefix"] = _text(values["key_prefix"], name("key_prefix"))
     if "ssl" in values:
-        changes["ssl"] = _bool(values["ssl"], name("ssl"))
+        changes["ssl"] = boolean(values["ssl"], name("ssl"), _ITEM)
     if "client_name" in values:
-        changes["client_name"] = _str(values["client_name"], name("client_name")) or None
+        changes["client_name"] = _text(values["client_name"], name("client_name")) or None
     return dataclasses.replace(cfg, **changes)
 
 
 def _from_url(url: str) -> RedisConfig:
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise _fail("url", f"is not a valid URL: {exc}") from None
-    scheme = parts.scheme.lower()
-    query: dict[str, Any] = {}
-    for qkey, qvalues in parse_qs(parts.query, keep_blank_values=True).items():
-        query[qkey] = qvalues[-1]
+    parts = url_parts(url, f"{_ITEM} 'url'", key="url")
     base: dict[str, Any] = {}
-    if parts.username:
-        base["username"] = unquote(parts.username)
+    if parts.user:
+        base["username"] = parts.user
     if parts.password:
-        base["password"] = unquote(parts.password)
-    if scheme == "unix":
+        base["password"] = parts.password
+    if parts.scheme == "unix":
         path = unquote(parts.path)
         if not path:
-            raise _fail("url", f"unix:// URL needs a socket path, got {url!r}")
+            raise fail(_ITEM, "url", f"unix:// URL needs a socket path, got {url!r}")
         cfg = RedisConfig(unix_socket_path=path)
-    elif scheme in ("redis", "rediss"):
-        host = parts.hostname or DEFAULT_HOST
-        cfg = RedisConfig(host=host, port=port or DEFAULT_PORT, ssl=scheme == "rediss")
+    elif parts.scheme in ("redis", "rediss"):
+        cfg = RedisConfig(
+            host=parts.host or DEFAULT_HOST, port=parts.port or DEFAULT_PORT, ssl=parts.scheme == "rediss"
+        )
         db_path = unquote(parts.path).strip("/")
         if db_path:
-            try:
-                base["db"] = int(db_path)
-            except ValueError:
-                raise _fail("db", f"in the URL path must be an integer, got {db_path!r}") from None
+            base["db"] = integer(db_path, "db", _ITEM)
     else:
-        raise _fail("url", f"scheme must be redis://, rediss:// or unix://, got {url!r}")
-    if "url" in {_norm(k) for k in query}:
-        raise _fail("url", "may not contain another url= parameter")
-    merged = {**base, **query}
+        raise fail(_ITEM, "url", f"scheme must be redis://, rediss:// or unix://, got {url!r}")
+    if "url" in {normalize_key(k) for k in parts.params}:
+        raise fail(_ITEM, "url", "may not contain another url= parameter")
+    merged = {**base, **parts.params}
     return _from_mapping(merged, cfg) if merged else cfg
 
 
@@ -397,13 +310,7 @@ def config_source(config: Any, what: str, forms: str) -> Mapping[Any, Any] | str
     text = config.strip()
     if not text.startswith("{"):
         return text
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{what} is not valid JSON: {exc}", key="provider_config") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} JSON must be an object", key="provider_config")
-    return data
+    return json_object(text, what)
 
 
 def is_url(text: str) -> bool:
@@ -426,20 +333,20 @@ def _from_comma(text: str) -> RedisConfig:
     raw = dict(zip(COMMA_ITEMS, items))
     hint = " (a password containing ',' needs the JSON, dict or URL form)" if len(items) > 3 else ""
     try:
-        host, port, path = parse_addr(raw.get("addr", ""), "addr")
-        poolsize = _int(raw.get("poolsize", "").strip(), "poolsize", default=0) or DEFAULT_POOLSIZE
+        host, number, path = parse_addr(raw.get("addr", ""), "addr")
+        poolsize = _count(raw.get("poolsize", "").strip(), "poolsize", default=0) or DEFAULT_POOLSIZE
         password = raw.get("password") or None
-        db = _int(raw.get("dbnum", "").strip(), "dbnum", default=0)
+        db = _count(raw.get("dbnum", "").strip(), "dbnum", default=0)
         idle_timeout = parse_duration(raw.get("idle_timeout", "").strip(), "idle_timeout")
         idle_check = parse_duration(raw.get("idle_check_frequency", "").strip(), "idle_check_frequency")
-        retries = _int(raw.get("max_retries", "").strip(), "max_retries", default=0)
+        retries = _count(raw.get("max_retries", "").strip(), "max_retries", default=0)
     except ConfigError as exc:
         if hint and exc.key in COMMA_ITEMS[3:]:
             raise ConfigError(f"{exc}{hint}", key=exc.key) from None
         raise
     return RedisConfig(
         host=host,
-        port=port,
+        port=number,
         unix_socket_path=path,
         password=password,
         db=db,

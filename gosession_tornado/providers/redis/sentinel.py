@@ -66,6 +66,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from ...errors import ConfigError, ProviderUnavailableError
+from ...values import fail, integer, join_host_port, normalize_key, string
 from .config import _ALIASES as _REDIS_ALIASES
 from .config import RedisConfig, config_source, is_url, parse_addr, parse_redis_config
 from .provider import RedisProvider
@@ -83,6 +84,7 @@ DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_MASTER_NAME = "mymaster"
 
 _WHAT = "redis_sentinel provider_config"
+_ITEM = f"{_WHAT} item"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,24 +107,12 @@ class SentinelConfig(RedisConfig):
     @property
     def sentinel_list(self) -> str:
         """``host:port,host:port`` of the sentinels, for messages."""
-        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+        return ",".join(join_host_port(h, p) for h, p in self.sentinels)
 
     @property
     def location(self) -> str:
         """The service and its sentinels, for messages."""
         return f"master {self.master_name!r} (sentinels {self.sentinel_list})"
-
-
-def _node(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _fail(key: str, message: str) -> ConfigError:
-    return ConfigError(f"{_WHAT} item {key!r} {message}", key=key)
-
-
-def _norm(key: str) -> str:
-    return key.lower().replace("_", "").replace("-", "")
 
 
 def parse_sentinel_addr(addr: Any, key: str = "sentinels") -> tuple[str, int]:
@@ -132,17 +122,14 @@ def parse_sentinel_addr(addr: Any, key: str = "sentinels") -> tuple[str, int]:
     """
     if isinstance(addr, (tuple, list)):
         if len(addr) != 2 or not isinstance(addr[0], str) or isinstance(addr[1], bool):
-            raise _fail(key, f"must hold 'host:port' strings or (host, port) pairs, got {addr!r}")
-        try:
-            port = int(addr[1])
-        except (TypeError, ValueError):
-            raise _fail(key, f"has a non-numeric port in {addr!r}") from None
-        addr = f"[{addr[0]}]:{port}" if ":" in addr[0] else f"{addr[0]}:{port}"
+            raise fail(_ITEM, key, f"must hold 'host:port' strings or (host, port) pairs, got {addr!r}")
+        addr = join_host_port(addr[0], integer(addr[1], key, _ITEM))
     if not isinstance(addr, str):
-        raise _fail(key, f"must hold 'host:port' strings, got {type(addr).__name__} {addr!r}")
+        raise fail(_ITEM, key, f"must hold 'host:port' strings, got {type(addr).__name__} {addr!r}")
     text = addr.strip()
     if text.startswith("/"):
-        raise _fail(key, f"must be TCP 'host:port' addresses (sentinels have no socket path), got {addr!r}")
+        problem = f"must be TCP 'host:port' addresses (sentinels have no socket path), got {addr!r}"
+        raise fail(_ITEM, key, problem)
     has_port = bool(re.search(r"\]:\d*$", text)) if text.startswith("[") else text.count(":") == 1
     if text and not has_port and not (text.count(":") > 1 and not text.startswith("[")):
         text = f"{text}:{DEFAULT_SENTINEL_PORT}"
@@ -163,7 +150,7 @@ def _sentinels(value: Any, key: str) -> tuple[tuple[str, int], ...]:
         else:
             items = list(value)
     else:
-        raise _fail(key, f"must be 'h1:26379;h2:26379' or a list, got {type(value).__name__} {value!r}")
+        raise fail(_ITEM, key, f"must be 'h1:26379;h2:26379' or a list, got {type(value).__name__} {value!r}")
     if not items:
         return ((("127.0.0.1", DEFAULT_SENTINEL_PORT)),)
     found: list[tuple[str, int]] = []
@@ -178,7 +165,7 @@ def _master_name(value: Any, key: str) -> str:
     if value is None or value == "":
         return DEFAULT_MASTER_NAME
     if not isinstance(value, str) or not re.fullmatch(r"[^\s]+", value):
-        raise _fail(key, f"must be a service name without spaces, like 'mymaster', got {value!r}")
+        raise fail(_ITEM, key, f"must be a service name without spaces, like 'mymaster', got {value!r}")
     return value
 
 
@@ -204,7 +191,7 @@ _REFUSED = frozenset({"port", "path", "unixsocketpath"})
 
 
 def _canonical(key: str) -> str:
-    norm = _norm(key)
+    norm = normalize_key(key)
     return _SENTINEL_KEYS.get(norm) or _REDIS_ALIASES.get(norm) or norm
 
 
@@ -215,8 +202,9 @@ def _from_mapping(raw: Mapping[Any, Any]) -> SentinelConfig:
     for key, value in raw.items():
         if not isinstance(key, str):
             raise ConfigError(f"{_WHAT} keys must be strings, got {key!r}", key="provider_config")
-        if _norm(key) in _REFUSED:
-            raise _fail(
+        if normalize_key(key) in _REFUSED:
+            raise fail(
+                _ITEM,
                 key,
                 "is not used: the master's address comes from the sentinels; give sentinel "
                 "addresses as 'host:port' in 'sentinels' (or save_path)",
@@ -226,12 +214,12 @@ def _from_mapping(raw: Mapping[Any, Any]) -> SentinelConfig:
             url = (key, value)
             continue
         if field in names:
-            raise _fail(key, f"is given twice (also as {names[field]!r})")
+            raise fail(_ITEM, key, f"is given twice (also as {names[field]!r})")
         values[key] = value
         names[field] = key
     if url is not None:
         if not isinstance(url[1], str):
-            raise _fail(url[0], f"must be a redis+sentinel:// URL string, got {url[1]!r}")
+            raise fail(_ITEM, url[0], f"must be a redis+sentinel:// URL string, got {url[1]!r}")
         for key, value in _url_values(url[1]).items():
             if _canonical(key) not in names:  # the other keys are applied on top of the URL
                 values[key] = value
@@ -249,9 +237,7 @@ def _from_mapping(raw: Mapping[Any, Any]) -> SentinelConfig:
     for field in ("sentinel_password", "sentinel_username"):
         if field in names:
             value = values[names[field]]
-            if value is not None and not isinstance(value, str):
-                raise _fail(names[field], f"must be a string, got {type(value).__name__}")
-            changes[field] = value or None
+            changes[field] = None if value is None else string(value, names[field], _ITEM) or None
     return dataclasses.replace(cfg, **changes)
 
 
@@ -261,12 +247,12 @@ def _url_values(url: str) -> dict[str, Any]:
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
     scheme = match.group(1).lower() if match else ""
     if scheme not in ("redis+sentinel", "rediss+sentinel"):
-        raise _fail("url", f"scheme must be redis+sentinel:// or rediss+sentinel://, got {url!r}")
+        raise fail(_ITEM, "url", f"scheme must be redis+sentinel:// or rediss+sentinel://, got {url!r}")
     try:
         # urlsplit cannot give several hosts' ports: take the netloc apart by hand.
         parts = urlsplit(text)
     except ValueError as exc:
-        raise _fail("url", f"is not a valid URL: {exc}") from None
+        raise fail(_ITEM, "url", f"is not a valid URL: {exc}") from None
     netloc = parts.netloc
     values: dict[str, Any] = {}
     if "@" in netloc:
@@ -279,7 +265,7 @@ def _url_values(url: str) -> dict[str, Any]:
     values["sentinels"] = [h for h in netloc.split(",") if h]
     path = [unquote(p) for p in parts.path.split("/") if p]
     if len(path) > 2:
-        raise _fail("url", f"path must be /master_name[/db], got {parts.path!r}")
+        raise fail(_ITEM, "url", f"path must be /master_name[/db], got {parts.path!r}")
     if path:
         values["master_name"] = path[0]
     if len(path) == 2:
@@ -287,8 +273,8 @@ def _url_values(url: str) -> dict[str, Any]:
     if scheme == "rediss+sentinel":
         values["ssl"] = True
     for qkey, qvalues in parse_qs(parts.query, keep_blank_values=True).items():
-        if _norm(qkey) == "url":
-            raise _fail("url", "may not contain another url= parameter")
+        if normalize_key(qkey) == "url":
+            raise fail(_ITEM, "url", "may not contain another url= parameter")
         for known in [k for k in values if _canonical(k) == _canonical(qkey)]:
             del values[known]  # a query parameter overrides the URL's own part
         values[qkey] = qvalues[-1]
@@ -420,7 +406,7 @@ class RedisSentinelProvider(RedisProvider):
                 if "unknown command" not in str(exc).lower():
                     continue
                 raise ConfigError(
-                    f"{_node(host, port)} answers but is not a Redis Sentinel ({exc}); list the "
+                    f"{join_host_port(host, port)} answers but is not a Redis Sentinel ({exc}); list the "
                     "sentinels' addresses (port 26379 by default), not the master's",
                     key="sentinels",
                 ) from None

@@ -45,21 +45,19 @@ messages or in ``repr``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import urllib.parse
-from collections.abc import Mapping
 from typing import Any
 
-from ..._configparse import as_int, as_str, host_port, load_json_object, port_number, split_mapping, url_parts
-from ...config import normalize_key
-from ...durations import go_duration_seconds
 from ...errors import ConfigError
+from ...values import fail, integer, join_host_port, normalize_key, port, seconds, split_host_port
+from .config import Dialect, check_pool, check_table, read_config, url_settings
 
 __all__ = [
     "MySQLSettings",
     "parse_mysql_config",
     "parse_go_dsn",
-    "parse_go_duration",
     "IGNORED_GO_PARAMS",
     "DEFAULT_TABLE",
 ]
@@ -84,7 +82,6 @@ _RESERVED_VARIABLES = frozenset(
     {"autocommit", "txisolation", "transactionisolation", "txreadonly", "transactionreadonly"}
 )
 
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 _VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}\Z")
 _VAR_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9_.+\-]+|'[^'\\]*')\Z")
 _TLS_MODES = {"false": "false", "": "false", "0": "false", "true": "true", "1": "true",
@@ -121,18 +118,7 @@ class MySQLSettings:
         """``host:port`` or the socket path, for messages."""
         if self.unix_socket:
             return f"unix:{self.unix_socket}"
-        return host_port(self.host, self.port)
-
-
-def parse_go_duration(value: str, *, key: str = "timeout") -> float:
-    """Seconds in a Go duration (``"1m30s"``, ``"500ms"``, ``"2.5s"``) or a plain number of seconds.
-
-    :raises ConfigError: for anything else, or a negative value.
-    """
-    try:
-        return go_duration_seconds(value)
-    except ValueError as exc:
-        raise ConfigError(f"mysql config {key!r}: {exc}", key=key) from None
+        return join_host_port(self.host, self.port)
 
 
 def parse_go_dsn(dsn: str) -> dict[str, Any]:
@@ -203,57 +189,25 @@ def parse_go_dsn(dsn: str) -> dict[str, Any]:
     return out
 
 
-def _split_host_port(addr: str) -> tuple[str, int | None]:
-    if addr.startswith("["):
-        end = addr.find("]")
-        if end == -1:
-            raise ConfigError(f"mysql address {addr!r}: unclosed '['", key="provider_config")
-        host, rest = addr[1:end], addr[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ConfigError(f"mysql address {addr!r} is malformed", key="provider_config")
-        port_text = rest[1:] if rest else ""
-    elif addr.count(":") > 1:  # a bare IPv6 address
-        host, port_text = addr, ""
-    else:
-        host, _, port_text = addr.partition(":")
-    return host or "127.0.0.1", _port(port_text) if port_text else None
-
-
-def _port(value: Any, key: str = "port") -> int:
-    return port_number("mysql", key, value)
-
-
-def _parse_url(url: str) -> dict[str, Any]:
-    out = url_parts(url, "mysql", port_key="provider_config", path_key="provider_config")
-    out["host"] = out["host"] or "127.0.0.1"
-    return out
-
-
-def _as_int(key: str, value: Any, *, minimum: int) -> int:
-    return as_int("mysql", key, value, minimum=minimum)
-
-
-def _as_seconds(key: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"mysql config {key!r} must be a duration, got {value!r}", key=key)
-    if isinstance(value, (int, float)):
-        if not value >= 0:
-            raise ConfigError(f"mysql config {key!r} must be >= 0, got {value!r}", key=key)
-        return float(value)
-    if isinstance(value, str):
-        return parse_go_duration(value, key=key)
-    raise ConfigError(f"mysql config {key!r} must be a duration, got {type(value).__name__}", key=key)
+def _split_host_port(addr: str) -> tuple[str, int]:
+    """``(host, port)`` of a DSN's ``tcp(addr)``; a bare IPv6 address is a host, as in Go's driver."""
+    return split_host_port(
+        addr, "provider_config", "mysql DSN", default_host="127.0.0.1", default_port=3306,
+        port_key="port", bare_ipv6=True,
+    )
 
 
 def _variable(name: str, value: Any) -> tuple[str, str]:
+    """A system variable set on every connection: ``(name, its SQL literal)``."""
     norm = normalize_key(name)
     if norm in _RESERVED_VARIABLES:
         raise ConfigError(
-            f"mysql config: system variable {name!r} is managed by the session provider and may not be set",
+            f"mysql provider_config: system variable {name!r} is managed by the session provider and "
+            "may not be set",
             key=name,
         )
     if not _VAR_NAME_RE.match(name):
-        raise ConfigError(f"mysql config: {name!r} is not a valid system variable name", key=name)
+        raise ConfigError(f"mysql provider_config: {name!r} is not a valid system variable name", key=name)
     if isinstance(value, bool):
         text = "ON" if value else "OFF"
     elif isinstance(value, (int, float)):
@@ -261,79 +215,86 @@ def _variable(name: str, value: Any) -> tuple[str, str]:
     elif isinstance(value, str):
         text = value
     else:
-        raise ConfigError(f"mysql config: value of system variable {name!r} must be a scalar", key=name)
+        raise ConfigError(
+            f"mysql provider_config: value of system variable {name!r} must be a scalar", key=name
+        )
     if not _VAR_VALUE_RE.match(text):
         raise ConfigError(
-            f"mysql config: value {text!r} of system variable {name!r} must be a number, a word or a "
-            "single-quoted string without quotes or backslashes inside",
+            f"mysql provider_config: value {text!r} of system variable {name!r} must be a number, a word "
+            "or a single-quoted string without quotes or backslashes inside",
             key=name,
         )
     return name, text
 
 
-_FIELD_ALIASES: dict[str, str] = {
-    "host": "host", "hostname": "host", "addr": "host",
-    "port": "port",
-    "unixsocket": "unix_socket", "socket": "unix_socket",
-    "user": "user", "username": "user",
-    "password": "password", "passwd": "password",
-    "database": "database", "db": "database", "dbname": "database",
-    "table": "table", "tablename": "table",
-    "charset": "charset",
-    "timeout": "connect_timeout", "connecttimeout": "connect_timeout",
-    "minsize": "minsize", "poolminsize": "minsize",
-    "maxsize": "maxsize", "poolsize": "maxsize", "poolmaxsize": "maxsize",
-    "poolrecycle": "pool_recycle",
-    "tls": "tls", "ssl": "tls",
-}
+def _pool_recycle(value: Any, key: str, what: str) -> float:
+    """Seconds after which an idle pooled connection is reopened; ``-1``: never."""
+    return -1.0 if str(value).strip() == "-1" else seconds(value, key, what)
 
 
-def _apply(
-    values: dict[str, Any], variables: dict[str, str], key: str, value: Any, *, from_query: bool
-) -> None:
-    """Set one setting from a dict key or a DSN/URL parameter."""
-    norm = normalize_key(key)
-    field = _FIELD_ALIASES.get(norm)
-    if field is None:
-        if from_query:
-            if norm in IGNORED_GO_PARAMS:
-                return
-            name, text = _variable(key, value)
-            variables[name] = text
-            return
-        raise KeyError(key)
-    if field == "port":
-        values["port"] = _port(value, key)
-    elif field in ("minsize", "maxsize"):
-        values[field] = _as_int(key, value, minimum=0 if field == "minsize" else 1)
-    elif field == "connect_timeout":
-        values[field] = _as_seconds(key, value)
-    elif field == "pool_recycle":
-        values[field] = -1.0 if str(value).strip() == "-1" else _as_seconds(key, value)
-    elif field == "tls":
-        text = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
-        mode = _TLS_MODES.get(text)
-        if mode is None:
-            raise ConfigError(
-                f"mysql config {key!r} must be false, true, skip-verify or preferred, got {value!r}",
-                key=key,
-            )
-        values["tls"] = mode
-    else:
-        values[field] = as_str("mysql", key, value)
+def _tls(value: Any, key: str, what: str) -> str:
+    """The Go driver's ``tls`` modes: ``false``, ``true``, ``skip-verify``, ``preferred``."""
+    text = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
+    mode = _TLS_MODES.get(text)
+    if mode is None:
+        raise fail(what, key, f"must be false, true, skip-verify or preferred, got {value!r}")
+    return mode
 
 
-def _from_string(text: str) -> dict[str, Any]:
+def _from_string(text: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(settings, parameters)`` of a Go DSN or a ``mysql://`` URL."""
     lowered = text.lower()
     if lowered.startswith(("mysql://", "mariadb://", "mysql+aiomysql://", "mysql+pymysql://")):
-        return _parse_url(text)
-    if "://" in text.split("?", 1)[0].split("@")[-1]:
+        raw = url_settings(text, "mysql", port_key="provider_config", path_key="provider_config")
+        raw["host"] = raw["host"] or "127.0.0.1"
+    elif "://" in text.split("?", 1)[0].split("@")[-1]:
         scheme = text.split("://", 1)[0]
         raise ConfigError(
             f"mysql provider_config: unsupported URL scheme {scheme!r}; use mysql://user:pass@host:port/db",
             key="provider_config",
         )
-    return parse_go_dsn(text)
+    else:
+        raw = parse_go_dsn(text)
+    params: dict[str, str] = raw.pop("params")
+    return raw, params
+
+
+_DIALECT = Dialect(
+    name="mysql",
+    aliases={
+        "host": "host", "hostname": "host", "addr": "host",
+        "port": "port",
+        "unixsocket": "unix_socket", "socket": "unix_socket",
+        "user": "user", "username": "user",
+        "password": "password", "passwd": "password",
+        "database": "database", "db": "database", "dbname": "database",
+        "table": "table", "tablename": "table",
+        "charset": "charset",
+        "timeout": "connect_timeout", "connecttimeout": "connect_timeout",
+        "minsize": "minsize", "poolminsize": "minsize",
+        "maxsize": "maxsize", "poolsize": "maxsize", "poolmaxsize": "maxsize",
+        "poolrecycle": "pool_recycle",
+        "tls": "tls", "ssl": "tls",
+    },
+    parsers={
+        "port": port,
+        "minsize": functools.partial(integer, minimum=0),
+        "maxsize": functools.partial(integer, minimum=1),
+        "connect_timeout": seconds,
+        "pool_recycle": _pool_recycle,
+        "tls": _tls,
+    },
+    ignored=IGNORED_GO_PARAMS,
+    parameter_keys=frozenset({"variables"}),
+    parameter=_variable,
+    read_text=_from_string,
+    example="a DSN like 'user:pass@tcp(127.0.0.1:3306)/dbname' or a mysql:// URL",
+    forms="a DSN string, a mysql:// URL",
+    known=(
+        "dsn, url, host, port, unix_socket, user, password, database, table, charset, connect_timeout, "
+        "minsize, maxsize, pool_recycle, tls, variables"
+    ),
+)
 
 
 def parse_mysql_config(config: Any) -> MySQLSettings:
@@ -342,63 +303,10 @@ def parse_mysql_config(config: Any) -> MySQLSettings:
     :raises ConfigError: for a malformed or incomplete config; the message says
         which part is wrong.
     """
-    values: dict[str, Any] = {}
-    variables: dict[str, str] = {}
-    config = load_json_object(config, "mysql")
-    if isinstance(config, str):
-        text = config.strip()
-        if not text:
-            raise ConfigError(
-                "the mysql provider needs provider_config: a DSN like "
-                "'user:pass@tcp(127.0.0.1:3306)/dbname' or a mysql:// URL",
-                key="provider_config",
-            )
-        raw = _from_string(text)
-        _merge_raw(values, variables, raw)
-    elif isinstance(config, Mapping):
-        bases: list[str] = []
-        rest = split_mapping(config, "mysql", bases.append)
-        if bases:  # the last dsn/url wins
-            _merge_raw(values, variables, _from_string(bases[-1].strip()))
-        for key, value in rest.items():
-            if normalize_key(key) == "variables":
-                if not isinstance(value, Mapping):
-                    raise ConfigError("mysql config 'variables' must be a dict", key=key)
-                for vname, vvalue in value.items():
-                    name, text = _variable(str(vname), vvalue)
-                    variables[name] = text
-                continue
-            if value is None:
-                continue
-            try:
-                _apply(values, variables, key, value, from_query=False)
-            except KeyError:
-                raise ConfigError(
-                    f"unknown mysql config key {key!r} (known: dsn, url, host, port, unix_socket, user, "
-                    "password, database, table, charset, connect_timeout, minsize, maxsize, pool_recycle, "
-                    "tls, variables)",
-                    key=key,
-                ) from None
-    else:
-        raise ConfigError(
-            "mysql provider_config must be a DSN string, a mysql:// URL or a dict, "
-            f"got {type(config).__name__}",
-            key="provider_config",
-        )
-    if values.get("port") is None:
-        values.pop("port", None)
-    settings = MySQLSettings(**values, variables=tuple(sorted(variables.items())))
+    fields, variables = read_config(config, _DIALECT)
+    settings = MySQLSettings(**fields, variables=tuple(sorted(variables.items())))
     _validate(settings)
     return settings
-
-
-def _merge_raw(values: dict[str, Any], variables: dict[str, str], raw: dict[str, Any]) -> None:
-    params: dict[str, str] = raw.pop("params", {})
-    for key, value in raw.items():
-        if value is not None:
-            values[key] = value
-    for key, value in params.items():
-        _apply(values, variables, key, value, from_query=True)
 
 
 def _validate(s: MySQLSettings) -> None:
@@ -408,17 +316,9 @@ def _validate(s: MySQLSettings) -> None:
             "'user:pass@tcp(127.0.0.1:3306)/dbname'",
             key="provider_config",
         )
-    if not _IDENT_RE.match(s.table):
-        raise ConfigError(
-            f"mysql table name {s.table!r} must be a plain identifier: a letter or '_' and then up to "
-            "63 letters, digits or '_'",
-            key="table",
-        )
+    check_table("mysql", s.table, 64)
     if not re.match(r"^[A-Za-z0-9_]{1,32}\Z", s.charset):
         raise ConfigError(f"mysql charset {s.charset!r} is not a charset name", key="charset")
-    if s.minsize > s.maxsize:
-        raise ConfigError(
-            f"mysql pool minsize ({s.minsize}) must not exceed maxsize ({s.maxsize})", key="minsize"
-        )
+    check_pool("mysql", ("minsize", s.minsize), ("maxsize", s.maxsize))
     if s.unix_socket is not None and not s.unix_socket:
         raise ConfigError("mysql unix socket path is empty", key="unix_socket")

@@ -47,15 +47,14 @@ messages or in ``repr``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import urllib.parse
-from collections.abc import Mapping
 from typing import Any
 
-from ..._configparse import as_int, as_str, host_port, load_json_object, port_number, split_mapping, url_parts
-from ...config import normalize_key
-from ...durations import go_duration_seconds
 from ...errors import ConfigError
+from ...values import fail, integer, join_host_port, normalize_key, port, seconds, string
+from .config import Dialect, check_pool, check_table, read_config, url_settings
 
 __all__ = [
     "PostgreSQLSettings",
@@ -84,7 +83,6 @@ IGNORED_LIBPQ_PARAMS = frozenset(
     )
 )
 
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,62}\Z")
 # Sent by the provider itself; the config may not override them.
 _RESERVED_PARAMS = frozenset(normalize_key(k) for k in ("TimeZone", "lock_timeout"))
@@ -119,7 +117,7 @@ class PostgreSQLSettings:
         """``host:port`` or the socket directory, for messages."""
         if self.host.startswith("/"):
             return f"unix:{self.host}"
-        return host_port(self.host, self.port)
+        return join_host_port(self.host, self.port)
 
 
 # ---------------------------------------------------------------- key=value DSN
@@ -201,108 +199,55 @@ def _starts_pair(text: str, pos: int) -> bool:
 
 
 def _parse_url(url: str) -> dict[str, Any]:
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
+    netloc = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
     if "," in netloc:
         raise ConfigError(
             "postgresql URL names several hosts; the session provider connects to one",
             key="host",
         )
-    out = url_parts(url, "postgresql", port_key="port", path_key="database")
+    out = url_settings(url, "postgresql", port_key="port", path_key="database")
     out["host"] = urllib.parse.unquote(out["host"] or "") or None
     return out
 
 
 # ---------------------------------------------------------------- settings
 
-_FIELD_ALIASES: dict[str, str] = {
-    "host": "host", "hostaddr": "host", "hostname": "host", "addr": "host",
-    "port": "port",
-    "user": "user", "username": "user",
-    "password": "password", "passwd": "password",
-    "dbname": "database", "database": "database", "db": "database",
-    "table": "table", "tablename": "table",
-    "sslmode": "sslmode", "ssl": "sslmode",
-    "connecttimeout": "connect_timeout", "timeout": "connect_timeout",
-    "minsize": "min_size", "poolminsize": "min_size",
-    "maxsize": "max_size", "poolsize": "max_size", "poolmaxsize": "max_size",
-    "maxinactivelifetime": "max_inactive_lifetime", "maxinactiveconnectionlifetime": "max_inactive_lifetime",
-    "applicationname": "application_name",
-}
-
-
-def _port(key: str, value: Any) -> int:
-    return port_number("postgresql", key, value)
-
-
-def _as_int(key: str, value: Any, *, minimum: int) -> int:
-    return as_int("postgresql", key, value, minimum=minimum)
-
-
-def _as_seconds(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"postgresql config {key!r} must be a number of seconds, got {value!r}", key=key)
-    if isinstance(value, str):
-        try:
-            return go_duration_seconds(value)
-        except ValueError as exc:
-            raise ConfigError(f"postgresql config {key!r}: {exc}", key=key) from None
-    if not value >= 0:
-        raise ConfigError(f"postgresql config {key!r} must be >= 0, got {value!r}", key=key)
-    return float(value)
-
 
 def _server_setting(name: str, value: Any) -> tuple[str, str]:
+    """A run-time parameter sent at connection start: ``(name, its text)``."""
     if normalize_key(name) in _RESERVED_PARAMS:
         raise ConfigError(
-            f"postgresql config: run-time parameter {name!r} is managed by the session provider",
+            f"postgresql provider_config: run-time parameter {name!r} is managed by the session provider",
             key=name,
         )
     if not _PARAM_NAME_RE.match(name):
-        raise ConfigError(f"postgresql config: {name!r} is not a valid run-time parameter name", key=name)
+        raise ConfigError(
+            f"postgresql provider_config: {name!r} is not a valid run-time parameter name", key=name
+        )
     if isinstance(value, bool):
         return name, "on" if value else "off"
     if isinstance(value, (int, float, str)):
         return name, str(value)
-    raise ConfigError(f"postgresql config: value of run-time parameter {name!r} must be a scalar", key=name)
+    raise ConfigError(
+        f"postgresql provider_config: value of run-time parameter {name!r} must be a scalar", key=name
+    )
 
 
-def _apply(
-    values: dict[str, Any], settings: dict[str, str], key: str, value: Any, *, from_text: bool
-) -> None:
-    """Set one setting from a DSN pair, a URL parameter or a dict key."""
-    norm = normalize_key(key)
-    field = _FIELD_ALIASES.get(norm)
-    if field is None:
-        if not from_text:
-            raise KeyError(key)
-        if norm in IGNORED_LIBPQ_PARAMS:
-            return
-        name, text = _server_setting(key, value)
-        settings[name] = text
-        return
-    if field == "port":
-        values["port"] = _port(key, value)
-    elif field in ("min_size", "max_size"):
-        values[field] = _as_int(key, value, minimum=0 if field == "min_size" else 1)
-    elif field in ("connect_timeout", "max_inactive_lifetime"):
-        values[field] = _as_seconds(key, value)
-    elif field == "sslmode":
-        bool_mode = "require" if value else "disable"
-        mode = bool_mode if isinstance(value, bool) else str(value).strip().lower()
-        if mode not in SSL_MODES:
-            raise ConfigError(
-                f"postgresql config {key!r} must be one of {', '.join(SSL_MODES)}, got {value!r}", key=key
-            )
-        values["sslmode"] = mode
-    else:
-        value = as_str("postgresql", key, value)
-        if field == "host" and "," in value:
-            raise ConfigError(
-                f"postgresql config {key!r} names several hosts; the session provider connects to one",
-                key=key,
-            )
-        values[field] = value
+def _sslmode(value: Any, key: str, what: str) -> str:
+    """libpq's ``sslmode`` (see :data:`SSL_MODES`); ``True``/``False`` mean ``require``/``disable``."""
+    bool_mode = "require" if value else "disable"
+    mode = bool_mode if isinstance(value, bool) else str(value).strip().lower()
+    if mode not in SSL_MODES:
+        raise fail(what, key, f"must be one of {', '.join(SSL_MODES)}, got {value!r}")
+    return mode
+
+
+def _host(value: Any, key: str, what: str) -> str:
+    """One host name or address, or a socket directory."""
+    host = string(value, key, what)
+    if "," in host:
+        raise fail(what, key, "names several hosts; the session provider connects to one")
+    return host
 
 
 def _from_string(text: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -322,80 +267,62 @@ def _from_string(text: str) -> tuple[dict[str, Any], dict[str, str]]:
     return {}, parse_keyword_dsn(text)
 
 
+_DIALECT = Dialect(
+    name="postgresql",
+    aliases={
+        "host": "host", "hostaddr": "host", "hostname": "host", "addr": "host",
+        "port": "port",
+        "user": "user", "username": "user",
+        "password": "password", "passwd": "password",
+        "dbname": "database", "database": "database", "db": "database",
+        "table": "table", "tablename": "table",
+        "sslmode": "sslmode", "ssl": "sslmode",
+        "connecttimeout": "connect_timeout", "timeout": "connect_timeout",
+        "minsize": "min_size", "poolminsize": "min_size",
+        "maxsize": "max_size", "poolsize": "max_size", "poolmaxsize": "max_size",
+        "maxinactivelifetime": "max_inactive_lifetime",
+        "maxinactiveconnectionlifetime": "max_inactive_lifetime",
+        "applicationname": "application_name",
+    },
+    parsers={
+        "host": _host,
+        "port": port,
+        "min_size": functools.partial(integer, minimum=0),
+        "max_size": functools.partial(integer, minimum=1),
+        "connect_timeout": seconds,
+        "max_inactive_lifetime": seconds,
+        "sslmode": _sslmode,
+    },
+    ignored=IGNORED_LIBPQ_PARAMS,
+    parameter_keys=frozenset({"serversettings", "options"}),
+    parameter=_server_setting,
+    read_text=_from_string,
+    example=(
+        "a DSN like 'user=postgres password=secret host=127.0.0.1 port=5432 dbname=app sslmode=disable' "
+        "or a postgresql:// URL"
+    ),
+    forms="a 'key=value' DSN, a postgresql:// URL",
+    known=(
+        "dsn, url, host, port, user, password, database, table, sslmode, connect_timeout, min_size, "
+        "max_size, max_inactive_lifetime, application_name, server_settings"
+    ),
+)
+
+
 def parse_postgresql_config(config: Any) -> PostgreSQLSettings:
     """Build :class:`PostgreSQLSettings` from a key=value DSN, a URL, a dict or a JSON object string.
 
     :raises ConfigError: for a malformed config; the message and the error's
         ``key`` name the part that is wrong.
     """
-    values: dict[str, Any] = {}
-    settings: dict[str, str] = {}
-    config = load_json_object(config, "postgresql")
-    if isinstance(config, str):
-        text = config.strip()
-        if not text:
-            raise ConfigError(
-                "the postgresql provider needs provider_config: a DSN like "
-                "'user=postgres password=secret host=127.0.0.1 port=5432 dbname=app sslmode=disable' "
-                "or a postgresql:// URL",
-                key="provider_config",
-            )
-        direct, params = _from_string(text)
-        _merge(values, settings, direct, params)
-    elif isinstance(config, Mapping):
-        rest = split_mapping(
-            config, "postgresql", lambda base: _merge(values, settings, *_from_string(base.strip()))
-        )
-        for key, value in rest.items():
-            if normalize_key(key) in ("serversettings", "options"):
-                if not isinstance(value, Mapping):
-                    raise ConfigError(f"postgresql config {key!r} must be a dict", key=key)
-                for name, item in value.items():
-                    pname, text = _server_setting(str(name), item)
-                    settings[pname] = text
-                continue
-            if value is None:
-                continue
-            try:
-                _apply(values, settings, key, value, from_text=False)
-            except KeyError:
-                raise ConfigError(
-                    f"unknown postgresql config key {key!r} (known: dsn, url, host, port, user, password, "
-                    "database, table, sslmode, connect_timeout, min_size, max_size, "
-                    "max_inactive_lifetime, application_name, server_settings)",
-                    key=key,
-                ) from None
-    else:
-        raise ConfigError(
-            "postgresql provider_config must be a 'key=value' DSN, a postgresql:// URL or a dict, "
-            f"got {type(config).__name__}",
-            key="provider_config",
-        )
-    result = PostgreSQLSettings(**values, server_settings=tuple(sorted(settings.items())))
+    fields, settings = read_config(config, _DIALECT)
+    result = PostgreSQLSettings(**fields, server_settings=tuple(sorted(settings.items())))
     _validate(result)
     return result
 
 
-def _merge(
-    values: dict[str, Any], settings: dict[str, str], direct: dict[str, Any], params: dict[str, str]
-) -> None:
-    for key, value in direct.items():
-        values[key] = value
-    for key, value in params.items():
-        _apply(values, settings, key, value, from_text=True)
-
-
 def _validate(s: PostgreSQLSettings) -> None:
-    if not _IDENT_RE.match(s.table):
-        raise ConfigError(
-            f"postgresql table name {s.table!r} must be a plain identifier: a letter or '_' and then "
-            "up to 62 letters, digits or '_'",
-            key="table",
-        )
+    check_table("postgresql", s.table, 63)
     if not s.host:
         raise ConfigError("postgresql host is empty", key="host")
-    if s.min_size > s.max_size:
-        raise ConfigError(
-            f"postgresql pool min_size ({s.min_size}) must not exceed max_size ({s.max_size})",
-            key="min_size",
-        )
+    check_pool("postgresql", ("min_size", s.min_size), ("max_size", s.max_size))
