@@ -66,11 +66,11 @@ import re
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from ... import codec
 from ..._log import get_logger
-from ...errors import ConfigError, SessionError
+from ...errors import ConfigError, ProviderUnavailableError, SessionError
 from ...provider import (
     Changes,
     Close,
@@ -146,9 +146,21 @@ def refresh_step(lifetime: int) -> int:
     return max(1, lifetime // 60)
 
 
-class _Timed(Protocol):
+class Settings(Protocol):
+    """What the base reads of a subclass's parsed settings."""
+
+    @property
+    def table(self) -> str: ...
+
     @property
     def connect_timeout(self) -> float | None: ...
+
+    @property
+    def where(self) -> str: ...
+
+
+#: The settings type of a subclass (``MySQLSettings``, ``PostgreSQLSettings``).
+SettingsT = TypeVar("SettingsT", bound=Settings)
 
 
 class _Row:
@@ -167,12 +179,14 @@ class _Row:
         self.members: list[int] = []
 
 
-class SQLBatchProvider(Provider):
+class SQLBatchProvider(Provider, Generic[SettingsT]):
     """A provider keeping sessions in one SQL table ``(session_key, session_data, session_expiry)``.
 
-    Subclasses set :attr:`dialect`, :attr:`payload_limit`, ``_log`` and
-    ``_driver_errors`` and implement the hooks; all methods run inside the
-    provider's actor.
+    Construct a subclass through a :class:`~gosession_tornado.SessionManager`
+    with its provider name; all methods run inside the provider's actor.
+    Subclasses set :attr:`dialect`, :attr:`payload_limit`, :attr:`key_column`,
+    :attr:`table_shape`, :attr:`quote`, ``_log`` and ``_driver_errors``, and
+    implement the hooks marked "subclass" (the driver and the SQL).
     """
 
     inline_when_idle = True
@@ -183,6 +197,10 @@ class SQLBatchProvider(Provider):
     payload_limit: ClassVar[str] = "session table"
     #: How the key column is described in the "ids too long" message.
     key_column: ClassVar[str] = "session_key varchar(64)"
+    #: The table this provider expects, as said when a table does not fit it.
+    table_shape: ClassVar[str] = "session(session_key, session_data, session_expiry)"
+    #: The character that quotes the table name in SQL.
+    quote: ClassVar[str] = '"'
     _log: ClassVar[logging.Logger] = get_logger("gosession_tornado.sql")
     #: Driver exceptions :meth:`_run` retries or translates.
     _driver_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
@@ -203,7 +221,11 @@ class SQLBatchProvider(Provider):
         #: (``"inserted"``) or the locked path (``"locked"``), and swaps that found
         #: the row changed (``"conflicts"``).
         self.release_paths: collections.Counter[str] = collections.Counter()
+        #: Parsed connection settings (after ``session_init``).
+        self.settings: SettingsT | None = None
         self._pool: Any = None
+        #: The table name, quoted for SQL (after ``session_init``).
+        self._table = f"{self.quote}session{self.quote}"
         #: ``provider_timeout`` in seconds (after ``session_init``).
         self._timeout = 5.0
         self._sid_fits: Callable[[str], re.Match[str] | None] = SID_RE.match
@@ -237,6 +259,14 @@ class SQLBatchProvider(Provider):
         """Parse ``provider_config``; raises :class:`ConfigError`."""
         raise NotImplementedError
 
+    async def _open_pool(self, settings: SettingsT) -> Any:  # pragma: no cover - subclass
+        """The driver's connection pool for *settings* (the driver's errors pass through)."""
+        raise NotImplementedError
+
+    async def _setup_table(self, conn: Any) -> None:  # pragma: no cover - subclass
+        """Create the table if it is missing, else check that it is a session table."""
+        raise NotImplementedError
+
     async def _close_pool(self) -> None:  # pragma: no cover - subclass
         raise NotImplementedError
 
@@ -256,7 +286,12 @@ class SQLBatchProvider(Provider):
         """False for a connection at hand that is known to be closed."""
         return True
 
-    def _translate(self, exc: BaseException) -> SessionError:  # pragma: no cover - subclass
+    def _config_fault(self, exc: BaseException) -> tuple[str, str] | None:  # pragma: no cover - subclass
+        """``(key, what to check)`` if *exc* means the configuration is at fault, else ``None``."""
+        raise NotImplementedError
+
+    def _unavailable(self, exc: BaseException) -> bool:  # pragma: no cover - subclass
+        """True if *exc* means the server is down, unreachable or cannot serve now."""
         raise NotImplementedError
 
     def _is_conflict(self, exc: BaseException) -> bool:  # pragma: no cover - subclass
@@ -270,6 +305,10 @@ class SQLBatchProvider(Provider):
     def _describe(self, exc: BaseException) -> str:
         """*exc* as said in debug logs."""
         return str(exc)
+
+    def _explain(self, exc: BaseException) -> str:
+        """*exc* as said in the errors callers see."""
+        return self._describe(exc)
 
     async def _begin(self, conn: Any) -> None:  # pragma: no cover - subclass
         raise NotImplementedError
@@ -337,7 +376,87 @@ class SQLBatchProvider(Provider):
         """Delete up to :data:`GC_CHUNK` expired rows; returns how many went."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------ setup helpers
+    # ------------------------------------------------------------ setup
+
+    async def session_init(self, max_lifetime: int, config: Any) -> None:
+        """Parse *config*, open the pool, create or check the table.
+
+        :raises ConfigError: for a bad config, bad credentials, an unknown
+            database (or run-time parameter), an incompatible table, or session
+            ids that would not fit the key column.
+        :raises ProviderUnavailableError: if the server cannot be reached.
+        """
+        self.max_lifetime = max_lifetime
+        settings: SettingsT = self._parse_config(config)
+        self._take_timeout()
+        self.settings = settings
+        self._table = f"{self.quote}{settings.table}{self.quote}"
+        try:
+            self._pool = await self._open_pool(settings)
+        except self._driver_errors as exc:
+            raise self._translate(exc) from exc
+        try:
+            await self._run(self._setup_table)
+            self._check_sid_length(settings.table)
+        except BaseException:
+            await self._close_pool()
+            raise
+
+    def _translate(self, exc: BaseException) -> SessionError:
+        """*exc*, a driver error, as the error callers see.
+
+        :class:`ConfigError` if the configuration is at fault,
+        :class:`ProviderUnavailableError` if the server cannot serve now (the
+        next request tries again), else :class:`SessionError`.
+        """
+        where = self.settings.where if self.settings else "?"
+        msg = self._explain(exc)
+        fault = self._config_fault(exc)
+        if fault is not None:
+            key, check = fault
+            return ConfigError(f"{self.dialect} session store at {where}: {msg}; {check}", key=key)
+        if self._unavailable(exc):
+            return ProviderUnavailableError(
+                f"{self.dialect} session store at {where} is unavailable: {msg}; is the server up? "
+                "(sessions work again as soon as it answers)"
+            )
+        return SessionError(f"{self.dialect} session store at {where} failed: {msg}")
+
+    def _not_a_session_table(self, problem: str) -> ConfigError:
+        """The error for a table that is not one this provider can use."""
+        table = self.settings.table if self.settings else "?"
+        return ConfigError(
+            f"{self.dialect} table {table!r} is not a session table: {problem}; expected beego's "
+            f"{self.table_shape}",
+            key="table",
+        )
+
+    def _check_columns(self, columns: Collection[str]) -> None:
+        """:raises ConfigError: if one of beego's three columns is missing."""
+        for name in ("session_key", "session_data", "session_expiry"):
+            if name not in columns:
+                raise self._not_a_session_table(f"column {name!r} is missing")
+
+    def _decode_found(
+        self, rows: Iterable[tuple[str, bytes, Any]], refresh: Collection[str]
+    ) -> tuple[Found, list[tuple[str, int, Any]]]:
+        """The looked-up *rows* ``(sid, session_data, expiry column)`` that decode, as :data:`Found`,
+        and ``(sid, lifetime, expiry column)`` of those among them whose sid is in *refresh*.
+
+        A row that does not decode is left out (and logged): it reads as missing.
+        """
+        found: Found = {}
+        due: list[tuple[str, int, Any]] = []
+        decode = self._decode
+        for key, blob, expiry in rows:
+            decoded = decode(key, blob)
+            if decoded is None:
+                continue
+            data, lifetime = decoded
+            found[key] = (blob, data)
+            if key in refresh:
+                due.append((key, lifetime, expiry))
+        return found, due
 
     @classmethod
     def configure_manager(cls, config: ManagerConfig) -> ManagerConfig:
@@ -369,7 +488,7 @@ class SQLBatchProvider(Provider):
                 key="session_id_length",
             )
 
-    def _connect_timeout(self, settings: _Timed) -> float:
+    def _connect_timeout(self, settings: Settings) -> float:
         """Connect timeout in seconds: the configured one, kept below ``provider_timeout``."""
         limit = self._timeout
         default = max(0.05, limit * 0.5)

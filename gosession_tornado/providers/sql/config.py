@@ -8,6 +8,10 @@ PostgreSQL). :func:`read_config` walks any of these forms and hands every
 setting to the provider's :class:`Dialect`, which says what its DSNs look
 like, which keys it knows and how each value is read (with
 :mod:`gosession_tornado.values`). Pure parsing: no driver is imported.
+
+Every problem raises :class:`~gosession_tornado.errors.ConfigError` with a
+message naming the part of the config at fault (and ``key`` naming it).
+Passwords never appear in messages, nor in the settings' ``repr``.
 """
 
 from __future__ import annotations

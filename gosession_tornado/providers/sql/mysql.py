@@ -73,7 +73,7 @@ import pymysql
 from pymysql.constants import CLIENT
 
 from ..._log import get_logger
-from ...errors import ConfigError, ProviderUnavailableError, SessionError
+from ...errors import ConfigError, ProviderUnavailableError
 from .base import GC_CHUNK, SID_RE, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
 from .mysql_dsn import MySQLSettings, parse_mysql_config
 
@@ -137,78 +137,55 @@ def _key(sid: str) -> str:
     return f"'{sid}'"
 
 
-class MySQLProvider(SQLBatchProvider):
-    """Sessions in a MySQL/MariaDB table shared by every process that uses it.
+class MySQLProvider(SQLBatchProvider[MySQLSettings]):
+    """Sessions in a MySQL/MariaDB table (InnoDB, beego's schema), through aiomysql.
 
-    Construct it through a :class:`~gosession_tornado.SessionManager` with
-    provider name ``"mysql"``; all methods run inside the provider's actor.
+    Statements inline session ids and records as literals (ids are checked
+    against ``[A-Za-z0-9_-]``, records are hex), so a batch of any size is one
+    statement per ``max_allowed_packet``.
     """
 
     extra = "mysql"
     dialect = "mysql"
     payload_limit = "mysql session table (column size / max_allowed_packet)"
     key_column = "session_key CHAR(64), as beego"
+    table_shape = "session(session_key char(64) primary key, session_data blob, session_expiry int unsigned)"
+    quote = "`"
     _log = log
     _driver_errors = (pymysql.err.MySQLError, OSError)
+    _parse_config = staticmethod(parse_mysql_config)
 
     def __init__(self) -> None:
         super().__init__()
-        #: Parsed connection settings (after ``session_init``).
-        self.settings: MySQLSettings | None = None
         self._prepared: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._table = "`session`"
         #: Largest encoded session the table (and ``max_allowed_packet``) accepts, in bytes.
         self.max_payload = MEDIUMBLOB_MAX
         self._max_statement = 8 * 1024 * 1024
 
     # ------------------------------------------------------------ setup
 
-    @staticmethod
-    def _parse_config(config: Any) -> MySQLSettings:
-        return parse_mysql_config(config)
-
-    async def session_init(self, max_lifetime: int, config: Any) -> None:
-        """Parse *config*, open the pool, create or check the table.
-
-        :raises ConfigError: for a bad config, bad credentials, an unknown
-            database, an incompatible table, or session ids that would not fit
-            the key column.
-        :raises ProviderUnavailableError: if the server cannot be reached.
-        """
-        self.max_lifetime = max_lifetime
-        settings = parse_mysql_config(config)
-        self._take_timeout()
-        self.settings = settings
-        self._table = f"`{settings.table}`"
-        try:
-            self._pool = await aiomysql.create_pool(
-                minsize=settings.minsize,
-                maxsize=settings.maxsize,
-                pool_recycle=settings.pool_recycle,
-                host=settings.host,
-                port=settings.port,
-                unix_socket=settings.unix_socket,
-                user=settings.user or None,
-                password=settings.password,
-                db=settings.database,
-                charset=settings.charset,
-                autocommit=True,
-                # UPDATE reports the rows it matched, not only those it changed: a
-                # compare-and-swap that rewrites identical bytes still says "1".
-                client_flag=CLIENT.FOUND_ROWS,
-                connect_timeout=self._connect_timeout(settings),
-                ssl=self._ssl_context(settings.tls),
-            )
-        except (pymysql.err.MySQLError, OSError) as exc:
-            raise self._translate(exc) from exc
+    async def _open_pool(self, settings: MySQLSettings) -> Any:
+        pool = await aiomysql.create_pool(
+            minsize=settings.minsize,
+            maxsize=settings.maxsize,
+            pool_recycle=settings.pool_recycle,
+            host=settings.host,
+            port=settings.port,
+            unix_socket=settings.unix_socket,
+            user=settings.user or None,
+            password=settings.password,
+            db=settings.database,
+            charset=settings.charset,
+            autocommit=True,
+            # UPDATE reports the rows it matched, not only those it changed: a
+            # compare-and-swap that rewrites identical bytes still says "1".
+            client_flag=CLIENT.FOUND_ROWS,
+            connect_timeout=self._connect_timeout(settings),
+            ssl=self._ssl_context(settings.tls),
+        )
         if settings.pool_recycle >= 0:
             self._hold_seconds = min(60.0, settings.pool_recycle)
-        try:
-            await self._run(self._setup_table)
-            self._check_sid_length(settings.table)
-        except BaseException:
-            await self._close_pool()
-            raise
+        return pool
 
     @staticmethod
     def _ssl_context(mode: str) -> ssl.SSLContext | None:
@@ -236,17 +213,8 @@ class MySQLProvider(SQLBatchProvider):
             columns = await self._columns(conn)
         assert self.settings is not None
         table = self.settings.table
-
-        def bad(msg: str) -> ConfigError:
-            return ConfigError(
-                f"mysql table {table!r} is not a session table: {msg}; expected beego's "
-                "session(session_key char(64) primary key, session_data blob, session_expiry int unsigned)",
-                key="table",
-            )
-
-        for name in ("session_key", "session_data", "session_expiry"):
-            if name not in columns:
-                raise bad(f"column {name!r} is missing")
+        bad = self._not_a_session_table
+        self._check_columns(columns)
         key_type, key_len = columns["session_key"]
         data_type, data_len = columns["session_data"]
         expiry_type, _ = columns["session_expiry"]
@@ -378,27 +346,19 @@ class MySQLProvider(SQLBatchProvider):
     def _describe(self, exc: BaseException) -> str:
         return _message(exc)
 
-    def _translate(self, exc: BaseException) -> SessionError:
-        where = self.settings.where if self.settings else "?"
+    def _config_fault(self, exc: BaseException) -> tuple[str, str] | None:
+        if _code(exc) in _CONFIG_CODES:
+            return "provider_config", "check user, password, database and parameters in provider_config"
+        return None
+
+    def _unavailable(self, exc: BaseException) -> bool:
         code = _code(exc)
-        msg = _message(exc)
-        if code in _CONFIG_CODES:
-            return ConfigError(
-                f"mysql session store at {where}: {msg}; check user, password, database and "
-                "parameters in provider_config",
-                key="provider_config",
-            )
-        if (
+        return (
             code in _BUSY_CODES
             or code >= 2000
             or isinstance(exc, (pymysql.err.InterfaceError, OSError))
             or (code in _LOST_CODES and isinstance(exc, pymysql.err.OperationalError))
-        ):
-            return ProviderUnavailableError(
-                f"mysql session store at {where} is unavailable: {msg}; is the server up? "
-                "(sessions work again as soon as it answers)"
-            )
-        return SessionError(f"mysql session store at {where} failed: {msg}")
+        )
 
     # ------------------------------------------------------------ statements
 
@@ -414,19 +374,12 @@ class MySQLProvider(SQLBatchProvider):
             f"SELECT session_key, session_data, session_expiry FROM {self._table} "
             f"WHERE session_key IN ({', '.join(map(_key, keys))}) AND session_expiry > {math.floor(now)}",
         )
-        found: Found = {}
+        found, due = self._decode_found(rows, refresh)
         bumps: list[tuple[str, int, int]] = []
-        decode = self._decode
-        for key, blob, expiry in rows:
-            decoded = decode(key, blob)
-            if decoded is None:
-                continue
-            data, lifetime = decoded
-            found[key] = (blob, data)
-            if key in refresh:
-                new = _expiry_at(now, lifetime)
-                if new - int(expiry) >= refresh_step(lifetime):
-                    bumps.append((key, int(expiry), new))
+        for key, lifetime, expiry in due:
+            new = _expiry_at(now, lifetime)
+            if new - int(expiry) >= refresh_step(lifetime):
+                bumps.append((key, int(expiry), new))
         if bumps:
             await self._refresh(conn, bumps)
         return found

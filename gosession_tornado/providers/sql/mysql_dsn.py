@@ -37,9 +37,8 @@ or without underscores):
   the name must be an identifier and the value a number, a word or a
   single-quoted string.
 
-Every problem raises :class:`~gosession_tornado.errors.ConfigError` with a
-message naming the part of the config at fault. Passwords never appear in
-messages or in ``repr``.
+:mod:`~gosession_tornado.providers.sql.config` walks these forms (the same
+for PostgreSQL) and says how a bad one is refused.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ from typing import Any
 import asyncpg
 
 from ..._log import get_logger
-from ...errors import ConfigError, ProviderUnavailableError, SessionError
+from ...errors import ProviderUnavailableError
 from .base import GC_CHUNK, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
 from .postgresql_dsn import PostgreSQLSettings, parse_postgresql_config
 
@@ -107,48 +107,31 @@ def _count(status: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-class PostgreSQLProvider(SQLBatchProvider):
-    """Sessions in a PostgreSQL table shared by every process that uses it.
+class PostgreSQLProvider(SQLBatchProvider[PostgreSQLSettings]):
+    """Sessions in a PostgreSQL table (beego's columns), through asyncpg.
 
-    Construct it through a :class:`~gosession_tornado.SessionManager` with
-    provider name ``"postgresql"``; all methods run inside the provider's actor.
+    Every value is a ``$n`` parameter; a batch's rows travel as arrays
+    (``unnest``), and expiry times come from the server's clock.
     """
 
     extra = "postgresql"
     dialect = "postgresql"
     payload_limit = "postgresql session provider"
     key_column = "session_key varchar(64)"
+    table_shape = "session(session_key char(64) primary key, session_data bytea, session_expiry timestamp)"
     _log = log
     _driver_errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+    _parse_config = staticmethod(parse_postgresql_config)
 
     def __init__(self) -> None:
         super().__init__()
-        #: Parsed connection settings (after ``session_init``).
-        self.settings: PostgreSQLSettings | None = None
-        self._table = '"session"'
         self._key = "varchar"
         #: Largest encoded session stored, in bytes.
         self.max_payload = MAX_PAYLOAD
 
     # ------------------------------------------------------------ setup
 
-    @staticmethod
-    def _parse_config(config: Any) -> PostgreSQLSettings:
-        return parse_postgresql_config(config)
-
-    async def session_init(self, max_lifetime: int, config: Any) -> None:
-        """Parse *config*, open the pool, create or check the table.
-
-        :raises ConfigError: for a bad config, bad credentials, an unknown
-            database or run-time parameter, an incompatible table, or session
-            ids that would not fit the key column.
-        :raises ProviderUnavailableError: if the server cannot be reached.
-        """
-        self.max_lifetime = max_lifetime
-        settings = parse_postgresql_config(config)
-        self._take_timeout()
-        self.settings = settings
-        self._table = f'"{settings.table}"'
+    async def _open_pool(self, settings: PostgreSQLSettings) -> Any:
         server_settings = dict(settings.server_settings)
         server_settings.update(
             {
@@ -159,34 +142,26 @@ class PostgreSQLProvider(SQLBatchProvider):
                 "lock_timeout": f"{max(100, int(self._timeout * 500))}ms",
             }
         )
-        try:
-            self._pool = await asyncpg.create_pool(
-                host=settings.host,
-                port=settings.port,
-                user=settings.user or None,
-                password=settings.password or None,
-                database=settings.database or None,
-                ssl=settings.sslmode,
-                timeout=self._connect_timeout(settings),
-                min_size=settings.min_size,
-                max_size=settings.max_size,
-                max_inactive_connection_lifetime=settings.max_inactive_lifetime,
-                server_settings=server_settings,
-                # Our connections carry no session state to reset (transactions end in
-                # COMMIT, ROLLBACK or a terminated connection): skip asyncpg's reset query,
-                # a round trip per release.
-                reset=_no_reset,
-            )
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise self._translate(exc) from exc
+        pool = await asyncpg.create_pool(
+            host=settings.host,
+            port=settings.port,
+            user=settings.user or None,
+            password=settings.password or None,
+            database=settings.database or None,
+            ssl=settings.sslmode,
+            timeout=self._connect_timeout(settings),
+            min_size=settings.min_size,
+            max_size=settings.max_size,
+            max_inactive_connection_lifetime=settings.max_inactive_lifetime,
+            server_settings=server_settings,
+            # Our connections carry no session state to reset (transactions end in
+            # COMMIT, ROLLBACK or a terminated connection): skip asyncpg's reset query,
+            # a round trip per release.
+            reset=_no_reset,
+        )
         if settings.max_inactive_lifetime > 0:
             self._hold_seconds = min(60.0, settings.max_inactive_lifetime)
-        try:
-            await self._run(self._setup_table)
-            self._check_sid_length(settings.table)
-        except BaseException:
-            await self._close_pool()
-            raise
+        return pool
 
     async def _setup_table(self, conn: Any) -> None:
         assert self.settings is not None
@@ -203,17 +178,8 @@ class PostgreSQLProvider(SQLBatchProvider):
             )
             await self._execute(conn, f"CREATE INDEX IF NOT EXISTS {index} ON {self._table} (session_expiry)")
             columns = await self._columns(conn)
-
-        def bad(msg: str) -> ConfigError:
-            return ConfigError(
-                f"postgresql table {table!r} is not a session table: {msg}; expected beego's "
-                "session(session_key char(64) primary key, session_data bytea, session_expiry timestamp)",
-                key="table",
-            )
-
-        for name in ("session_key", "session_data", "session_expiry"):
-            if name not in columns:
-                raise bad(f"column {name!r} is missing")
+        bad = self._not_a_session_table
+        self._check_columns(columns)
         key_type, key_mod = columns["session_key"]
         if key_type not in _KEY_TYPES:
             raise bad(f"session_key is {key_type}, not char, varchar or text")
@@ -312,34 +278,29 @@ class PostgreSQLProvider(SQLBatchProvider):
             isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
         )
 
-    def _translate(self, exc: BaseException) -> SessionError:
-        where = self.settings.where if self.settings else "?"
+    def _explain(self, exc: BaseException) -> str:
         state = _state(exc)
-        msg = f"{exc} (SQLSTATE {state})" if state else (str(exc) or type(exc).__name__)
+        return f"{exc} (SQLSTATE {state})" if state else (str(exc) or type(exc).__name__)
+
+    def _config_fault(self, exc: BaseException) -> tuple[str, str] | None:
+        state = _state(exc)
         if state[:2] == "28" or state in _CONFIG_STATES:
-            return ConfigError(
-                f"postgresql session store at {where}: {msg}; check user, password, dbname and "
-                "parameters in provider_config",
-                key="provider_config",
-            )
+            return "provider_config", "check user, password, dbname and parameters in provider_config"
         if isinstance(exc, (asyncpg.ClientConfigurationError, ssl.SSLCertVerificationError)) or (
             isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc)
         ):  # sslmode=require on a server without TLS, a missing root certificate ...: not an outage
-            return ConfigError(
-                f"postgresql session store at {where}: {msg}; check sslmode and the certificates, "
-                "or use sslmode=prefer/disable for a server without TLS",
-                key="sslmode",
+            return "sslmode", (
+                "check sslmode and the certificates, or use sslmode=prefer/disable for a server without TLS"
             )
-        if (
+        return None
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        state = _state(exc)
+        return (
             state[:2] in _BUSY_CLASSES
             or state in _BUSY_STATES
             or isinstance(exc, (asyncpg.InterfaceError, OSError, asyncpg.PostgresConnectionError))
-        ):
-            return ProviderUnavailableError(
-                f"postgresql session store at {where} is unavailable: {msg}; is the server up? "
-                "(sessions work again as soon as it answers)"
-            )
-        return SessionError(f"postgresql session store at {where} failed: {msg}")
+        )
 
     # ------------------------------------------------------------ statements
 
@@ -356,16 +317,10 @@ class PostgreSQLProvider(SQLBatchProvider):
             f"WHERE session_key = ANY($1::{self._key}[]) AND session_expiry > now()",
             keys,
         )
-        found: Found = {}
+        found, due = self._decode_found(rows, refresh)
         bumps: list[tuple[str, int]] = []
-        decode = self._decode
-        for key, blob, remaining in rows:
-            decoded = decode(key, blob)
-            if decoded is None:
-                continue
-            data, lifetime = decoded
-            found[key] = (blob, data)
-            if key in refresh and lifetime - remaining >= refresh_step(lifetime):
+        for key, lifetime, remaining in due:
+            if lifetime - remaining >= refresh_step(lifetime):
                 bumps.append((key, lifetime))
         if bumps:
             await self._refresh(conn, bumps)

@@ -39,9 +39,8 @@ with or without underscores):
   identifier (``.`` allowed). An unknown parameter is a ``ConfigError`` when
   the provider starts.
 
-Every problem raises :class:`~gosession_tornado.errors.ConfigError` with a
-message naming the part of the config at fault. Passwords never appear in
-messages or in ``repr``.
+The forms are read as the MySQL provider's are, by
+:func:`~gosession_tornado.providers.sql.config.read_config`.
 """
 
 from __future__ import annotations
