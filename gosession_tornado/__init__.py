@@ -7,16 +7,15 @@ an asyncio actor. See :class:`SessionManager` and :class:`SessionMixin`.
 
 from __future__ import annotations
 
+from . import errors
 from .config import ManagerConfig, build_config
-from .errors import (
-    ConfigError,
-    CookieTooLargeError,
-    DuplicateProviderError,
-    ProviderClosedError,
-    ProviderUnavailableError,
-    SessionError,
-    UnknownProviderError,
-)
+from .errors import ConfigError as ConfigError
+from .errors import CookieTooLargeError as CookieTooLargeError
+from .errors import DuplicateProviderError as DuplicateProviderError
+from .errors import ProviderClosedError as ProviderClosedError
+from .errors import ProviderUnavailableError as ProviderUnavailableError
+from .errors import SessionError as SessionError
+from .errors import UnknownProviderError as UnknownProviderError
 from .manager import SessionManager, Stats
 from .provider import Changes, Provider
 from .registry import lookup, provider_names, register, unregister
@@ -39,11 +38,7 @@ __all__ = [
     "unregister",
     "lookup",
     "provider_names",
-    "SessionError",
-    "ConfigError",
-    "UnknownProviderError",
-    "DuplicateProviderError",
-    "ProviderUnavailableError",
-    "ProviderClosedError",
-    "CookieTooLargeError",
 ]
+# The whole error tree is public here too: errors.__all__ names it (the imports above
+# are "X as X", the explicit re-export type checkers read).
+__all__ += errors.__all__

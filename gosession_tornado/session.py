@@ -544,17 +544,7 @@ class Session(MutableMapping[Any, Any]):
 
     def needs_save(self) -> bool:
         """True if releasing this session would write anything."""
-        if self._destroyed:
-            return False
-        return bool(
-            self._set
-            or self._incr
-            or self._deleted
-            or self._flushed
-            or self._expiry_changed
-            or self._cookie_changed
-            or self._save_if_unmodified
-        )
+        return not self._destroyed and (self.modified or self._save_if_unmodified)
 
     async def release(self, handler: RequestHandler | None = None) -> None:
         """Save the changes to the provider (beego's ``SessionRelease``).

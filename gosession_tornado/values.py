@@ -27,7 +27,7 @@ import math
 import re
 import urllib.parse
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import ConfigError
@@ -68,6 +68,21 @@ def _got(value: Any) -> str:
     return f"got {type(value).__name__} {value!r}"
 
 
+def _read(value: Any, text: bool, parse: Callable[[str], float]) -> float | None:
+    """*value* if it is an ``int`` or a ``float`` (never a ``bool``); with *text*, *parse*
+    of a string (stripped); else, or if *parse* raises :class:`ValueError`, ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if text and isinstance(value, str):
+        try:
+            return parse(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
 def integer(
     value: Any, key: str, what: str, *, minimum: int | None = None, maximum: int | None = None,
     text: bool = True,
@@ -79,19 +94,10 @@ def integer(
     Refused: ``True``/``False``, ``10.9``, ``"10.9"``, anything else; a
     value below *minimum* or above *maximum*.
     """
-    if isinstance(value, bool):
+    found = _read(value, text, int)
+    if found is None or (isinstance(found, float) and not found.is_integer()):
         raise fail(what, key, f"must be an integer, {_got(value)}")
-    if isinstance(value, int):
-        n = value
-    elif isinstance(value, float) and value.is_integer():
-        n = int(value)
-    elif text and isinstance(value, str):
-        try:
-            n = int(value.strip())
-        except ValueError:
-            raise fail(what, key, f"must be an integer, {_got(value)}") from None
-    else:
-        raise fail(what, key, f"must be an integer, {_got(value)}")
+    n = int(found)
     if minimum is not None and n < minimum:
         raise fail(what, key, f"must be >= {minimum}, got {n}")
     if maximum is not None and n > maximum:
@@ -105,20 +111,12 @@ def number(value: Any, key: str, what: str, *, text: bool = True) -> float:
     Accepted: an ``int`` or a ``float`` and, with *text*, a string holding
     one (``"2.5"``). Refused: ``True``/``False``, NaN, infinities, anything else.
     """
-    if isinstance(value, bool):
+    found = _read(value, text, float)
+    if found is None:
         raise fail(what, key, f"must be a number, {_got(value)}")
-    if isinstance(value, (int, float)):
-        x = float(value)
-    elif text and isinstance(value, str):
-        try:
-            x = float(value.strip())
-        except ValueError:
-            raise fail(what, key, f"must be a number, {_got(value)}") from None
-    else:
-        raise fail(what, key, f"must be a number, {_got(value)}")
-    if not math.isfinite(x):
+    if not math.isfinite(found):
         raise fail(what, key, f"must be a finite number, got {value!r}")
-    return x
+    return float(found)
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -182,21 +180,12 @@ def seconds(value: Any, key: str, what: str) -> float:
     ``True``/``False``, a negative length (``-1``; ``"-1s"``), NaN, an
     infinity, spaces inside (``"5 s"``), unknown units (``"1d"``), anything else.
     """
-    expected = "must be a number of seconds or a Go duration like '30s'"
-    if isinstance(value, bool):
-        raise fail(what, key, f"{expected}, {_got(value)}")
-    if isinstance(value, (int, float)):
-        length = float(value)
-    elif isinstance(value, str):
-        try:
-            length = _duration(value)
-        except ValueError:
-            raise fail(what, key, f"{expected}, {_got(value)}") from None
-    else:
-        raise fail(what, key, f"{expected}, {_got(value)}")
+    length = _read(value, True, _duration)
+    if length is None:
+        raise fail(what, key, f"must be a number of seconds or a Go duration like '30s', {_got(value)}")
     if not 0 <= length < math.inf:
         raise fail(what, key, f"must be a finite number of seconds >= 0, got {value!r}")
-    return length
+    return float(length)
 
 
 def port(value: Any, key: str, what: str, *, text: bool = True) -> int:

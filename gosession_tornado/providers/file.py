@@ -254,9 +254,31 @@ def _pwrite_all(fd: int, payload: bytes) -> None:
         offset += os.pwrite(fd, view[offset:], offset)
 
 
-def _check_regular(st: os.stat_result, where: str) -> None:
+class _ClosedOnError:
+    """``with _ClosedOnError(fd):`` closes the descriptor *fd* if the block raises (the error goes on)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if kind is not None:
+            os.close(self.fd)
+
+
+def _regular_stat(fd: int, where: str) -> os.stat_result:
+    """``fstat`` of the open session file *fd*.
+
+    :raises UnsafePathError: if it is not a regular file (*where* names it).
+    """
+    st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise UnsafePathError(f"session file {where!r} is not a regular file; remove it")
+    return st
 
 
 def _expired(st: os.stat_result, lifetime: int, now: float) -> bool:
@@ -400,18 +422,14 @@ class _Store:
     been removed.
     """
 
-    def __init__(
-        self,
-        save_path: str,
-        max_lifetime: int,
-        lock_timeout: float,
-        gc_budget: float,
-        exchange: bool = False,
-    ) -> None:
+    def __init__(self, save_path: str, max_lifetime: int, timeout: float, exchange: bool = False) -> None:
         self.save_path = save_path
         self.max_lifetime = max_lifetime
-        self.lock_timeout = lock_timeout
-        self.gc_budget = gc_budget
+        #: Seconds an operation waits for another process's lock: 0.8 x *timeout*, the
+        #: seconds one provider call may take (``provider_timeout``).
+        self.lock_timeout = timeout * 0.8
+        #: Seconds one GC pass may take before it stops where it is: 0.5 x *timeout*.
+        self.gc_budget = timeout * 0.5
         #: Rewrite sessions through their spare file and RENAME_EXCHANGE (see above).
         self.exchange = exchange
         #: Pin what lock-free reads read (OFD read lock): needed when any process
@@ -600,7 +618,7 @@ class _Store:
             fd = self._open_file(dfd, name, where)
             if fd is None:
                 return None
-            try:
+            with _ClosedOnError(fd):
                 if wait:
                     self._lock(fd, where, deadline)
                 else:
@@ -608,13 +626,9 @@ class _Store:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
                         raise _BusyError from None
-                st = os.fstat(fd)
-                _check_regular(st, where)
+                st = _regular_stat(fd, where)
                 if self._named(dfd, name, st):
                     return fd, st
-            except BaseException:
-                os.close(fd)
-                raise
             os.close(fd)  # replaced or removed while we waited: look again
 
     def _open_current(
@@ -636,28 +650,22 @@ class _Store:
             fd = self._open_file(dfd, name, where)
             if fd is None:
                 return None
-            try:
+            with _ClosedOnError(fd):
                 if not self.pin:
-                    st = os.fstat(fd)
-                    _check_regular(st, where)
+                    st = _regular_stat(fd, where)
                     return fd, st
                 try:
                     pinned = _ofd_lock(fd, _PIN)
                 except OSError:
-                    st = os.fstat(fd)
-                    _check_regular(st, where)
+                    st = _regular_stat(fd, where)
                     if self.exchange:
                         raise
                     self.pin = False  # no OFD locks on this filesystem, so no exchange mode either
                     return fd, st
                 if pinned:
-                    st = os.fstat(fd)
-                    _check_regular(st, where)
+                    st = _regular_stat(fd, where)
                     if self._named(dfd, name, st):
                         return fd, st
-            except BaseException:
-                os.close(fd)
-                raise
             # The inode we opened left the name (it is the spare now, perhaps being
             # rewritten): open the name again. A rewrite is never done under the
             # name itself, so this settles at once; back off only if it does not.
@@ -733,7 +741,7 @@ class _Store:
                 raise
             log.warning("%s.spare is a symlink or not a file; writing a new file instead", where)
             return None
-        try:
+        with _ClosedOnError(sfd):
             if not _ofd_lock(sfd, _PIN_WRITE):
                 os.close(sfd)
                 return None  # a reader pinned the old version a moment ago: leave it be
@@ -745,9 +753,6 @@ class _Store:
             _pwrite_all(sfd, payload)
             if st.st_size > len(payload):
                 os.ftruncate(sfd, len(payload))
-        except BaseException:
-            os.close(sfd)
-            raise
         return sfd
 
     def _commit(self, staged: _Staged) -> None:
@@ -1369,13 +1374,7 @@ class FileProvider(BatchVerbs):
         self.save_path = await asyncio.to_thread(prepare)
         exchange = await asyncio.to_thread(probe_exchange, self.save_path)
         timeout = self._timeout()
-        old, self._store = self._store, _Store(
-            self.save_path,
-            max_lifetime,
-            lock_timeout=timeout * 0.8,
-            gc_budget=timeout * 0.5,
-            exchange=exchange,
-        )
+        old, self._store = self._store, _Store(self.save_path, max_lifetime, timeout, exchange=exchange)
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="gosession-file"

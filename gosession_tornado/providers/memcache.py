@@ -94,10 +94,7 @@ from ..provider import (
     GC,
     BatchVerbs,
     Changes,
-    Destroy,
-    Exist,
     Message,
-    Read,
     Release,
     SessionData,
 )
@@ -532,16 +529,8 @@ class _Group:
         return kind in ("read", "peek")  # reads and exists only look
 
 
-_KINDS: dict[type[Message], str] = {Read: "read", Exist: "peek", Release: "write", Destroy: "delete"}
-
-
-def _kind(message: Message) -> str | None:
-    kind = _KINDS.get(type(message))
-    if kind is None:
-        for cls, name in _KINDS.items():
-            if isinstance(message, cls):
-                return name
-    return kind
+#: What a message does to its session's item, by the message's ``kind``; other kinds run alone.
+_KINDS: dict[str, str] = {"read": "read", "exist": "peek", "release": "write", "destroy": "delete"}
 
 
 def _chunks(keys: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
@@ -734,7 +723,7 @@ class MemcacheProvider(BatchVerbs):
         for index, message in enumerate(messages):
             if isinstance(message, GC):
                 continue  # memcached expires items itself
-            kind = _kind(message)
+            kind = _KINDS.get(message.kind)
             if kind is None:
                 await self._run_segment(groups, outcomes)
                 try:
@@ -827,10 +816,9 @@ class MemcacheProvider(BatchVerbs):
                     for index in group.reads:
                         outcomes[index] = read_items
                 else:
-                    item = read_items.get(group.key)
-                    retouch = self._answer_reads(server, client, group, item, outcomes)
-                    if retouch is not None:
-                        second.append((retouch, [group]))
+                    lifetime = self._answer_reads(group, read_items.get(group.key), outcomes)
+                    if lifetime is not None:  # gat set max_lifetime: touch it back to its own
+                        second.append((self._retouch(server, client, group, lifetime, outcomes), [group]))
             if group.peeks:
                 for index in group.peeks:
                     if isinstance(peek_items, BaseException):
@@ -856,15 +844,8 @@ class MemcacheProvider(BatchVerbs):
                     for group in affected:
                         self._fail_group(group, result, outcomes)
 
-    def _answer_reads(
-        self,
-        server: _Server,
-        client: emcache.Client,
-        group: _Group,
-        item: emcache.Item | None,
-        outcomes: list[Any],
-    ) -> Awaitable[None] | None:
-        """Set the reads' outcomes; the touch back to the stored lifetime if it is not ``max_lifetime``."""
+    def _answer_reads(self, group: _Group, item: emcache.Item | None, outcomes: list[Any]) -> int | None:
+        """Set the reads' outcomes; the session's lifetime if it is not ``max_lifetime``, else ``None``."""
         decoded = self._decode(group.sid, item.value if item is not None else None)
         if decoded is None:
             for index in group.reads:
@@ -875,9 +856,7 @@ class MemcacheProvider(BatchVerbs):
         for index in group.reads[1:]:  # each caller gets a dict of its own
             again = self._decode(group.sid, item.value if item is not None else None)
             outcomes[index] = again[0] if again is not None else None
-        if lifetime == self.max_lifetime:
-            return None
-        return self._retouch(server, client, group, lifetime, outcomes)
+        return None if lifetime == self.max_lifetime else lifetime
 
     async def _retouch(
         self, server: _Server, client: emcache.Client, group: _Group, lifetime: int, outcomes: list[Any]

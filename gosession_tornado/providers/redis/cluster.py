@@ -106,9 +106,8 @@ from .config import (
     DEFAULT_PORT,
     RedisConfig,
     _from_mapping,
-    config_source,
-    is_url,
     parse_addr,
+    parse_forms,
     parse_redis_config,
 )
 from .provider import (
@@ -275,6 +274,11 @@ def _from_mapping_form(raw: Mapping[Any, Any]) -> ClusterConfig:
     return _check(options, nodes)
 
 
+def _from_url_form(text: str) -> ClusterConfig:
+    nodes, options = _from_urls(text)
+    return _check(options, nodes)
+
+
 def _from_comma_form(text: str) -> ClusterConfig:
     items = text.split(",")
     first = items.pop(0)
@@ -311,17 +315,11 @@ def parse_cluster_config(config: Any) -> ClusterConfig:
 
     :raises ConfigError: naming the bad item.
     """
-    if config is None:
-        return ClusterConfig()
-    source = config_source(config, _WHAT, '"host:port;host:port,poolsize,password", redis:// URLs or JSON')
-    if not isinstance(source, str):
-        return _from_mapping_form(source)
-    if not source:
-        return ClusterConfig()
-    if is_url(source):
-        nodes, options = _from_urls(source)
-        return _check(options, nodes)
-    return _from_comma_form(source)
+    forms = '"host:port;host:port,poolsize,password", redis:// URLs or JSON'
+    return parse_forms(
+        config, _WHAT, forms, default=ClusterConfig, mapping=_from_mapping_form, url=_from_url_form,
+        comma=_from_comma_form,
+    )
 
 
 # ---------------------------------------------------------------- scripts (EVAL: used rarely)

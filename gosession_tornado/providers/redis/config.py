@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from ...errors import ConfigError
@@ -63,7 +63,7 @@ from ...values import port as port_number
 __all__ = [
     "RedisConfig",
     "parse_redis_config",
-    "config_source",
+    "parse_forms",
     "is_url",
     "parse_addr",
     "parse_duration",
@@ -79,6 +79,8 @@ DEFAULT_POOLSIZE = 100
 
 _WHAT = "redis provider_config"
 _ITEM = f"{_WHAT} item"
+
+_C = TypeVar("_C")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +198,7 @@ _KNOWN = (
 
 
 def _from_mapping(raw: Mapping[Any, Any], base: RedisConfig | None = None) -> RedisConfig:
-    values, names = aliased_items(raw, _ALIASES, _WHAT, known=_KNOWN, stacklevel=4)
+    values, names = aliased_items(raw, _ALIASES, _WHAT, known=_KNOWN, stacklevel=5)
     cfg = base or RedisConfig()
     if "url" in values:
         url = values.pop("url")
@@ -275,42 +277,53 @@ def parse_redis_config(config: Any) -> RedisConfig:
 
     :raises ConfigError: naming the bad item.
     """
-    if config is None:
-        return RedisConfig()
-    source = config_source(config, _WHAT, '"addr,poolsize,password,...", JSON or a redis:// URL')
-    if not isinstance(source, str):
-        return _from_mapping(source)
-    if is_url(source):
-        return _from_url(source)
-    return _from_comma(source)
+    forms = '"addr,poolsize,password,...", JSON or a redis:// URL'
+    return parse_forms(
+        config, _WHAT, forms, default=RedisConfig, mapping=_from_mapping, url=_from_url, comma=_from_comma
+    )
 
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def config_source(config: Any, what: str, forms: str) -> Mapping[Any, Any] | str:
-    """Sort a (non-``None``) ``provider_config`` into the mapping it holds or its string form.
+def parse_forms(
+    config: Any,
+    what: str,
+    forms: str,
+    *,
+    default: Callable[[], _C],
+    mapping: Callable[[Mapping[Any, Any]], _C],
+    url: Callable[[str], _C],
+    comma: Callable[[str], _C],
+) -> _C:
+    """Hand a ``provider_config`` to the parser of its form: the forms of every Redis-family provider.
 
-    Shared by the ``redis``, ``redis_cluster`` and ``redis_sentinel`` parsers.
-    A mapping is returned as it is, a string holding a JSON object as the
-    decoded ``dict``; any other string comes back stripped, for the caller's
-    URL form (see :func:`is_url`) or comma form. *what* names the config in
-    messages (``"redis provider_config"``), *forms* lists its string forms.
+    ``None`` or an empty string is *default*; a mapping, or a string holding a
+    JSON object, goes to *mapping*; a string that starts with ``scheme://``
+    (see :func:`is_url`) to *url*; any other string, stripped, to *comma*
+    (beego's comma form). *what* names the config in messages (``"redis
+    provider_config"``), *forms* lists its string forms.
 
     :raises ConfigError: (``key="provider_config"``) for another type, invalid
         JSON, or JSON that is not an object.
     """
+    if config is None:
+        return default()
     if isinstance(config, Mapping):
-        return config
+        return mapping(config)
     if not isinstance(config, str):
         raise ConfigError(
             f"{what} must be a string ({forms}) or a dict, got {type(config).__name__}",
             key="provider_config",
         )
     text = config.strip()
-    if not text.startswith("{"):
-        return text
-    return json_object(text, what)
+    if not text:
+        return default()
+    if text.startswith("{"):
+        return mapping(json_object(text, what))
+    if is_url(text):
+        return url(text)
+    return comma(text)
 
 
 def is_url(text: str) -> bool:

@@ -94,10 +94,7 @@ from ...provider import (
     GC,
     BatchVerbs,
     Changes,
-    Destroy,
-    Exist,
     Message,
-    Read,
     Regenerate,
     Release,
     SessionData,
@@ -613,10 +610,11 @@ class RedisProvider(BatchVerbs):
 
         :raises TypeError: if a released value cannot be serialized.
         """
-        cls = type(message)
-        if cls is Read or isinstance(message, Read):
+        kind = message.kind
+        simple = _SID_OPS.get(kind)
+        if simple is not None:  # read, exist, destroy: the session's id is all they carry
             sid = message.sid  # type: ignore[attr-defined]
-            return _Op((self.key(sid),), _OP_READ, _HASH, message.kind, sid)
+            return _Op((self.key(sid),), simple[0], simple[1], kind, sid)
         if isinstance(message, Release):
             return _Op(
                 (self.key(message.sid),),
@@ -625,10 +623,6 @@ class RedisProvider(BatchVerbs):
                 message.kind,
                 message.sid,
             )
-        if isinstance(message, Exist):
-            return _Op((self.key(message.sid),), _OP_EXIST, _BOOL, message.kind, message.sid)
-        if isinstance(message, Destroy):
-            return _Op((self.key(message.sid),), _OP_DESTROY, _NONE, message.kind, message.sid)
         if isinstance(message, Regenerate):
             return _Op(
                 (self.key(message.old_sid), self.key(message.sid)),
@@ -913,9 +907,12 @@ class RedisProvider(BatchVerbs):
 
 _SESSION_SHA = SESSION_SCRIPT.sha
 _SESSION_SHA_BYTES = _SESSION_SHA.encode()
-_OP_READ: list[bytes] = [b"R"]
-_OP_EXIST: list[bytes] = [b"E"]
-_OP_DESTROY: list[bytes] = [b"D"]
+#: The op of each message that carries only a session id, by its ``kind``: (argv, how the reply is read).
+_SID_OPS: dict[str, tuple[list[bytes], int]] = {
+    "read": ([b"R"], _HASH),
+    "exist": ([b"E"], _BOOL),
+    "destroy": ([b"D"], _NONE),
+}
 
 
 def may_repeat(command: Sequence[Any]) -> bool:

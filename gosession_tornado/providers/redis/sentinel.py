@@ -68,7 +68,7 @@ from redis.backoff import NoBackoff
 from ...errors import ConfigError, ProviderUnavailableError
 from ...values import fail, integer, join_host_port, normalize_key, string
 from .config import _ALIASES as _REDIS_ALIASES
-from .config import RedisConfig, config_source, is_url, parse_addr, parse_redis_config
+from .config import RedisConfig, parse_addr, parse_forms, parse_redis_config
 from .provider import RedisProvider
 
 __all__ = [
@@ -306,18 +306,14 @@ def parse_sentinel_config(config: Any) -> SentinelConfig:
 
     :raises ConfigError: naming the bad item.
     """
-    if config is None:
-        return SentinelConfig()
-    source = config_source(
-        config,
-        _WHAT,
-        '"h1:26379;h2:26379,poolsize,password,dbnum,master_name", JSON or a redis+sentinel:// URL',
+    forms = '"h1:26379;h2:26379,poolsize,password,dbnum,master_name", JSON or a redis+sentinel:// URL'
+    return parse_forms(
+        config, _WHAT, forms, default=SentinelConfig, mapping=_from_mapping, url=_from_url, comma=_from_comma
     )
-    if not isinstance(source, str):
-        return _from_mapping(source)
-    if is_url(source):
-        return _from_mapping({"url": source})
-    return _from_comma(source)
+
+
+def _from_url(url: str) -> SentinelConfig:
+    return _from_mapping({"url": url})
 
 
 class RedisSentinelProvider(RedisProvider):
