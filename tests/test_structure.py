@@ -1,4 +1,5 @@
-"""The package's shape (issue 12): no import cycle, TYPE_CHECKING imports included."""
+"""The package's shape (issue 12): no import cycle (TYPE_CHECKING imports included); providers own
+their configuration."""
 
 from __future__ import annotations
 
@@ -68,3 +69,51 @@ def test_the_package_has_no_import_cycle() -> None:
             visit(node)
     session_deps = graph["gosession_tornado.session"]
     assert session_deps.isdisjoint({"gosession_tornado.manager", "gosession_tornado.web"})
+
+
+def test_providers_own_their_configuration() -> None:
+    """The package's top level is the core; each provider family's parsing sits in its package."""
+    top = {p.name for p in PACKAGE.glob("*.py")}
+    for gone in ("redis_config.py", "dsn.py", "pg_dsn.py", "_configparse.py", "durations.py"):
+        assert gone not in top, f"{gone} is provider plumbing: it belongs under providers/"
+    assert "values.py" in top  # the value parsers every configuration shares
+    providers = PACKAGE / "providers"
+    assert sorted(p.name for p in providers.glob("*.py")) == [
+        "__init__.py", "cookie.py", "file.py", "memcache.py", "memory.py",
+    ]
+    families = {
+        "redis": {"__init__.py", "config.py", "provider.py", "cluster.py", "sentinel.py"},
+        "sql": {"__init__.py", "base.py", "config.py", "mysql.py", "mysql_dsn.py", "postgresql.py",
+                "postgresql_dsn.py"},
+    }
+    for family, files in families.items():
+        assert {p.name for p in (providers / family).glob("*.py")} == files, family
+    assert sorted(p.name for p in providers.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(
+        families
+    )
+
+
+def test_the_registry_imports_every_builtin_from_its_place() -> None:
+    from gosession_tornado.registry import BUILTINS
+
+    for name, (module, _cls, _extra) in BUILTINS.items():
+        path = PACKAGE.parent.joinpath(*module.split(".")).with_suffix(".py")
+        assert path.is_file(), f"{name}: {module} is not a module of the package"
+        assert not any(part.startswith("_") for part in module.split(".")), f"{name}: {module} is private"
+
+
+def test_config_parsing_imports_no_client() -> None:
+    """The families' config modules (and their packages) import no Redis client or SQL driver."""
+    drivers = ("redis", "aiomysql", "pymysql", "asyncpg", "emcache")
+    for name in ("providers/redis/__init__.py", "providers/redis/config.py", "providers/sql/__init__.py",
+                 "providers/sql/config.py", "providers/sql/mysql_dsn.py", "providers/sql/postgresql_dsn.py",
+                 "values.py"):
+        path = PACKAGE / name
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                roots = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                roots = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            assert not set(roots) & set(drivers), f"{name} imports a client: {roots}"

@@ -87,7 +87,7 @@ from ...provider import (
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import ManagerConfig
 
-__all__ = ["SQLBatchProvider"]
+__all__ = ["SQLBatchProvider", "Settings", "SettingsT"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R", bound=tuple[Any, ...])
