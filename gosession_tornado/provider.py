@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Provider",
+    "BatchVerbs",
     "Changes",
     "Message",
     "Init",
