@@ -353,7 +353,7 @@ class DirReadOnlyFull(Fault):
         await asyncio.sleep(0.3)
         await self._probe_write(ctx, "full")
         await asyncio.sleep(self.outage - 0.3)
-        filler.unlink()
+        filler.unlink(missing_ok=True)  # open() itself may have met ENOSPC
         self.t_healed.append(time.monotonic())
         ctx.mark("space again")
         await asyncio.sleep(self.settle)
@@ -405,15 +405,15 @@ class DirReadOnlyFull(Fault):
 def _fill(path: pathlib.Path) -> None:
     """Write *path* until the file system is full (ENOSPC)."""
     block = b"\0" * 65536
-    with open(path, "wb") as f:
-        while True:
-            try:
-                f.write(block)
-                f.flush()
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                break
+    try:
+        # unbuffered: nothing is left in a buffer for close() to fail on, and an
+        # ENOSPC from open() itself (the sessions already filled it) counts as full
+        with open(path, "wb", buffering=0) as f:
+            while f.write(block):
+                pass
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
 
 
 def _logged_errors(ctx: RunContext) -> dict[str, int]:
