@@ -30,7 +30,7 @@ Running it
 
 .. code-block:: console
 
-   $ python3 bench/harness.py            # everything (about an hour); rewrites this page
+   $ python3 bench/harness.py            # everything (30 minutes); rewrites this page
    $ python3 bench/harness.py --quick    # seconds; output in a temporary directory
    $ python3 bench/harness.py --configs bare,memory,naive-memory,redis,naive-redis \\
          --concurrency 64 --rounds 3 --seconds 5   # a subset
