@@ -77,9 +77,11 @@ class Store:
     counter_name: str | None = None
 
     def count(self, provider: Provider) -> int:
-        """The provider's counter now: redis round trips or SQL statements sent (0 if none)."""
+        """The provider's counter now: redis round trips, memcached commands, SQL statements (or 0)."""
         if self.name == "redis":
             return int(getattr(provider, "round_trips", 0))
+        if self.name == "memcache":
+            return int(getattr(provider, "commands", 0))
         statements = getattr(provider, "statements", None)
         return int(sum(statements.values())) if statements is not None else 0
 

@@ -203,45 +203,19 @@ class EmcacheBench:
 async def provider_levels(port: int, ops: int, seconds: float) -> None:
     """Read + release per operation through the memcache provider at concurrency 1, 16 and 256."""
     sys.path.insert(0, ROOT)
+    from _common import Store, _noop, create_sessions, print_level_table, run_level
+
     from gosession_tornado import SessionManager
-    from gosession_tornado.provider import Changes, Read, Release
 
     config = {"provider": "memcache", "cookie_name": "sid", "provider_config": f"127.0.0.1:{port}",
               "max_lifetime": 600, "gc_lifetime": 600}
+    store = Store("memcache", config, _noop, counter_name="commands")
     async with SessionManager(config) as m:
-        actor = m._actor
-        assert actor is not None
-        provider: Any = actor.provider
-        sids = [m.new_sid() for _ in range(512)]
-        await asyncio.gather(*(m._ask(Release(s, Changes(set={"n": 0}, create=True), 600)) for s in sids))
-
-        async def level(concurrency: int) -> tuple[int, float, int]:
-            remaining, done, counter = ops, 0, 0
-            deadline = time.perf_counter() + seconds
-
-            async def worker() -> None:
-                nonlocal remaining, done, counter
-                while remaining > 0 and time.perf_counter() < deadline:
-                    remaining -= 1
-                    counter += 1
-                    sid = sids[counter % len(sids)]
-                    await m._ask(Read(sid))
-                    await m._ask(Release(sid, Changes(set={"n": counter}), 600))
-                    done += 1
-
-            before = provider.commands
-            start = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return done, time.perf_counter() - start, provider.commands - before
-
-        await level(16)  # warm up
-        rows = [(c, *await level(c)) for c in (1, 16, 256)]
+        sids = await create_sessions(m, 512)
+        await run_level(m, store, sids, 16, ops, seconds)  # warm up
+        results = [await run_level(m, store, sids, c, ops, seconds) for c in (1, 16, 256)]
     print(f"memcache provider, read+release per op, at most {ops} ops per level, 512 sessions")
-    print(f"{'concurrency':>11}  {'ops':>6}  {'ops/s':>9}  {'vs c=1':>7}  {'commands/op':>12}")
-    base = rows[0][1] / rows[0][2]
-    for c, done, elapsed, commands in rows:
-        rate = done / elapsed
-        print(f"{c:>11}  {done:>6}  {rate:>9.0f}  {rate / base:>6.2f}x  {commands / done:>12.3f}")
+    print_level_table(store, results)
 
 
 async def main() -> int:

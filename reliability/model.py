@@ -643,7 +643,11 @@ def _freeze(value: Any) -> Any:
 
 
 def parse_set_cookie(header: str) -> tuple[str, str, dict[str, str]]:
-    """``(name, value, {lowercased attribute: value})`` of one ``Set-Cookie`` header."""
+    """``(name, value, {lowercased attribute: value})`` of one ``Set-Cookie`` header.
+
+    Written out because Python 3.11's ``SimpleCookie`` drops headers with
+    attributes it does not know (``Partitioned``). The tests use it too.
+    """
     first, *rest = header.split(";")
     name, _, value = first.strip().partition("=")
     attrs: dict[str, str] = {}

@@ -38,6 +38,7 @@ from typing import Any
 
 __all__ = [
     "PrivateMariaDB", "PrivatePostgreSQL", "PrivateRedis", "PrivateServer", "free_port", "missing_binaries",
+    "stop_process",
 ]
 
 
@@ -90,6 +91,21 @@ def missing_binaries(kind: str) -> list[str]:
     if kind == "postgresql":
         return [b for b in ("initdb", "pg_ctl") if _pg_bin(b) is None]
     raise ValueError(kind)
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, wait_s: float = 10) -> None:
+    """Stop a child server by PID: ``SIGCONT`` (a stopped process cannot exit), ``SIGTERM``,
+    and ``SIGKILL`` if it has not exited within *wait_s* seconds. Nothing if it is gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 class PrivateServer:
@@ -155,18 +171,8 @@ class PrivateServer:
             self.proc.send_signal(sig)
 
     def stop(self) -> None:
-        """Stop by PID: ``SIGCONT`` (a stopped process cannot exit), ``SIGTERM``, then ``SIGKILL``."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)
-            proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        """Stop by PID (:func:`stop_process`)."""
+        stop_process(self.proc, 15)
 
 
 class PrivateRedis(PrivateServer):

@@ -32,6 +32,7 @@ import tornado.netutil
 import tornado.web
 
 from gosession_tornado import SessionManager
+from reliability.model import parse_set_cookie
 
 from .support import (  # re-exported: tests import them from here
     IN_CI,
@@ -53,21 +54,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- HTTP
-
-
-def parse_set_cookie(header: str) -> tuple[str, str, dict[str, str]]:
-    """``(name, value, {lowercased attribute: value})`` of one Set-Cookie header.
-
-    Written out because Python 3.11's ``SimpleCookie`` drops headers with
-    attributes it does not know (``Partitioned``).
-    """
-    first, *rest = header.split(";")
-    name, _, value = first.strip().partition("=")
-    attrs: dict[str, str] = {}
-    for part in rest:
-        key, _, val = part.strip().partition("=")
-        attrs[key.lower()] = val
-    return name, value, attrs
 
 
 class Client:

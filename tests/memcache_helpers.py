@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from reliability.private_servers import stop_process
+
 from .support import fail_or_skip, free_port
 
 
@@ -75,14 +77,7 @@ class Memcached:
     def stop(self) -> None:
         """Terminate it by PID (and wait)."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
     def kill(self) -> None:
         """SIGKILL it by PID: no shutdown, connections reset."""

@@ -16,6 +16,7 @@ import tornado.web
 
 from gosession_tornado import SessionManager, SessionMixin
 from gosession_tornado.provider import Changes, Provider
+from gosession_tornado.testing import _offline_handler
 
 _P = TypeVar("_P", bound=Provider)
 
@@ -72,24 +73,9 @@ def free_port() -> int:
         return port
 
 
-class _Conn:
-    """Just enough of an HTTP connection for a RequestHandler to be built."""
-
-    def set_close_callback(self, callback: Any) -> None:
-        pass
-
-
 def make_handler(cookie: str | None = None) -> tornado.web.RequestHandler:
     """A bare ``RequestHandler`` for a ``GET /`` (with *cookie*), to call the manager without a server."""
-    headers = tornado.httputil.HTTPHeaders({"Host": "127.0.0.1"})
-    if cookie is not None:
-        headers["Cookie"] = cookie
-    request = tornado.httputil.HTTPServerRequest(
-        start_line=tornado.httputil.RequestStartLine("GET", "/", "HTTP/1.1"),
-        headers=headers,
-        connection=_Conn(),  # type: ignore[arg-type]
-    )
-    return tornado.web.RequestHandler(tornado.web.Application(), request)
+    return _offline_handler(cookie)
 
 
 class DictStore(Provider):

@@ -29,6 +29,7 @@ from gosession_tornado.providers.cookie import (
     parse_config,
 )
 from gosession_tornado.session import META_KEY
+from gosession_tornado.testing import _offline_handler
 
 KEY = Fernet.generate_key().decode("ascii")
 OTHER_KEY = Fernet.generate_key().decode("ascii")
@@ -52,19 +53,9 @@ async def make_provider(m: SessionManager, max_lifetime: int | None = None) -> C
     return p
 
 
-class _Conn:
-    def set_close_callback(self, callback: Any) -> None:
-        pass
-
-
 def make_handler() -> tornado.web.RequestHandler:
     """A handler outside any server, for calling the manager directly."""
-    request = tornado.httputil.HTTPServerRequest(
-        start_line=tornado.httputil.RequestStartLine("GET", "/", "HTTP/1.1"),
-        headers=tornado.httputil.HTTPHeaders({"Host": "127.0.0.1"}),
-        connection=_Conn(),  # type: ignore[arg-type]
-    )
-    return tornado.web.RequestHandler(tornado.web.Application(), request)
+    return _offline_handler()
 
 
 def set_cookies(resp: Any, name: str) -> list[str]:

@@ -24,6 +24,8 @@ import tempfile
 import time
 from typing import Any
 
+from reliability.private_servers import stop_process
+
 CLIENT_SIDE = False
 
 
@@ -162,14 +164,7 @@ class Cluster:
     def stop(self) -> None:
         """Stop every node by PID."""
         for port in list(self.procs):
-            proc = self.procs.pop(port)
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            stop_process(self.procs.pop(port))
 
 
 _shared: Cluster | None = None
