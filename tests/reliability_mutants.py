@@ -9,11 +9,13 @@ cause, so a green stress run means something.
 
 from __future__ import annotations
 
+import pathlib
 import random
 from typing import Any
 
 from gosession_tornado import UnknownProviderError, lookup, register
 from gosession_tornado.provider import Changes
+from reliability.stores import STORES, StoreSetup, register_store
 
 from .support import DictStore
 
@@ -91,3 +93,23 @@ try:
     lookup("mutant")
 except UnknownProviderError:
     register("mutant", MutantStore)
+
+
+def mutant_store(bug: str, *, name: str | None = None, where: str | None = None) -> str:
+    """Register (once) a reliability store serving this module's dict store with *bug*
+    (its ``provider_config``; ``"none"``: no bug); return the store's name."""
+    name = name or f"mutant-{bug}"
+    if name not in STORES:
+        async def open_it(workdir: pathlib.Path, unique: str) -> StoreSetup:
+            async def cleanup() -> None:
+                pass
+
+            return StoreSetup(
+                provider="mutant",
+                config={"provider": "mutant", "cookie_name": "sid", "provider_config": bug},
+                client_side=False, shared=False, where=where or f"a dict store with the bug {bug!r}",
+                cleanup=cleanup, imports=["tests.reliability_mutants"],
+            )
+
+        register_store(name, open_it)
+    return name

@@ -38,8 +38,9 @@ from reliability.fuzz import (
     run_property,
 )
 from reliability.httpclient import Response, parse_head
-from reliability.stores import PROVIDERS, STORES, StoreSetup, StoreUnavailableError, register_store
+from reliability.stores import PROVIDERS, StoreUnavailableError
 
+from .reliability_mutants import mutant_store
 from .support import fail_or_skip
 
 pytestmark = pytest.mark.slow
@@ -166,20 +167,7 @@ def test_the_file_checks_catch_a_write_outside_the_save_path(tmp_path: pathlib.P
 
 def test_a_provider_that_serves_unknown_ids_is_caught(tmp_path: pathlib.Path) -> None:
     """``read_any`` (an unknown id reads as an empty session) makes the manager adopt ids."""
-    name = "mutant-read_any"
-    if name not in STORES:
-        async def open_it(workdir: pathlib.Path, unique: str) -> StoreSetup:
-            async def cleanup() -> None:
-                pass
-
-            return StoreSetup(
-                provider="mutant",
-                config={"provider": "mutant", "cookie_name": "sid", "provider_config": "read_any"},
-                client_side=False, shared=False, where="a store that reads any id", cleanup=cleanup,
-                imports=["tests.reliability_mutants"],
-            )
-
-        register_store(name, open_it)
+    name = mutant_store("read_any", where="a store that reads any id")
     with open_target(name, tmp_path) as t, pytest.raises(InvariantError, match=r"never issued|ADOPTED"):
         run_property(t, "sid inputs", 200)
 

@@ -27,10 +27,9 @@ import pytest
 from reliability import stress
 from reliability.faults import FAULTS, Fault, RunContext, register_fault
 from reliability.model import Model, Op
-from reliability.stores import STORES, StoreSetup, register_store
 from reliability.stress import RunConfig, run_in
 
-from .reliability_mutants import BUGS
+from .reliability_mutants import BUGS, mutant_store
 
 
 def _sid() -> str:
@@ -273,27 +272,9 @@ def test_headers_vary_and_cookies() -> None:
 # ---------------------------------------------------------------- broken providers
 
 
-def _mutant_store(bug: str) -> str:
-    name = f"mutant-{bug}"
-    if name not in STORES:
-        async def open_it(workdir: pathlib.Path, unique: str) -> StoreSetup:
-            async def cleanup() -> None:
-                pass
-
-            return StoreSetup(
-                provider="mutant",
-                config={"provider": "mutant", "cookie_name": "sid", "provider_config": bug},
-                client_side=False, shared=False, where=f"a dict store with the bug {bug!r}",
-                cleanup=cleanup, imports=["tests.reliability_mutants"],
-            )
-
-        register_store(name, open_it)
-    return name
-
-
 @pytest.mark.parametrize("bug", sorted(BUGS))
 async def test_the_model_catches_a_broken_provider(bug: str, tmp_path: pathlib.Path) -> None:
-    cfg = RunConfig(provider=_mutant_store(bug), requests=1500, clients=32, seed=11)
+    cfg = RunConfig(provider=mutant_store(bug), requests=1500, clients=32, seed=11)
     result = await run_in(cfg, tmp_path)
     assert result["violations"].get(BUGS[bug], 0) > 0, (
         f"the {bug!r} bug should show as {BUGS[bug]!r}: {stress.describe(result)}"
@@ -302,20 +283,7 @@ async def test_the_model_catches_a_broken_provider(bug: str, tmp_path: pathlib.P
 
 async def test_the_unbroken_dict_store_passes(tmp_path: pathlib.Path) -> None:
     """The mutants' base (tests/support.py's DictStore) is correct: the same run finds nothing."""
-    name = "dictstore-correct"
-    if name not in STORES:
-        async def open_it(workdir: pathlib.Path, unique: str) -> StoreSetup:
-            async def cleanup() -> None:
-                pass
-
-            return StoreSetup(
-                provider="mutant",
-                config={"provider": "mutant", "cookie_name": "sid", "provider_config": "none"},
-                client_side=False, shared=False, where="the correct dict store", cleanup=cleanup,
-                imports=["tests.reliability_mutants"],
-            )
-
-        register_store(name, open_it)
+    name = mutant_store("none", name="dictstore-correct", where="the correct dict store")
     result = await run_in(RunConfig(provider=name, requests=1500, clients=32, seed=11), tmp_path)
     assert result["violations"] == {}, stress.describe(result)
     assert result["counts"]["acknowledged_writes"] > 300
