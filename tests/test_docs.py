@@ -314,13 +314,19 @@ async def test_own_provider_example_batch_fails_one_message_only(
 # ---------------------------------------------------------------- every Python block of the docs runs
 
 
+def _doc_pages() -> list[tuple[pathlib.Path, list[str]]]:
+    """Every ``.rst`` page of the docs (not the build output) with its lines."""
+    return [
+        (page, page.read_text(encoding="utf-8").splitlines())
+        for page in sorted(DOCS.rglob("*.rst"))
+        if "_build" not in page.parts
+    ]
+
+
 def _python_blocks() -> list[tuple[str, int, str]]:
     """``(page, line, code)`` of every ``.. code-block:: python`` in the docs."""
     blocks: list[tuple[str, int, str]] = []
-    for page in sorted(DOCS.rglob("*.rst")):
-        if "_build" in page.parts:
-            continue
-        lines = page.read_text(encoding="utf-8").splitlines()
+    for page, lines in _doc_pages():
         i = 0
         while i < len(lines):
             if lines[i].strip() in (".. code-block:: python", ".. code-block:: python3"):
@@ -447,10 +453,7 @@ CODE_WIDTH = 88
 
 def test_code_blocks_fit_the_page_without_sideways_scrolling() -> None:
     too_wide: list[tuple[str, int, int]] = []
-    for page in sorted(DOCS.rglob("*.rst")):
-        if "_build" in page.parts:
-            continue
-        lines = page.read_text(encoding="utf-8").splitlines()
+    for page, lines in _doc_pages():
         i = 0
         while i < len(lines):
             line = lines[i].strip()
