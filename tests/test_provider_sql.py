@@ -323,6 +323,24 @@ async def test_cross_process_updates_lose_nothing(db: Dialect, table: str) -> No
         assert set(data) == {f"{tag}{i}" for tag in tags for i in range(40)}
 
 
+async def test_workers_starting_at_once_on_a_new_table_all_start(db: Dialect, table: str) -> None:
+    # Several processes of one app (tornado's fork_processes, a rolling restart) create
+    # the table on their first start at the same moment. PostgreSQL's CREATE TABLE IF
+    # NOT EXISTS races against itself ("type ... already exists"); none may fail.
+    for attempt in range(10):  # the race needs the creations to overlap: try a few times
+        managers = [db.manager(table) for _ in range(16)]
+        results = await asyncio.gather(*(m.start() for m in managers), return_exceptions=True)
+        try:
+            assert [r for r in results if isinstance(r, BaseException)] == []
+            sid = managers[0].new_sid()
+            await ask(managers[0], Release(sid, create(), 600))
+            assert await managers[-1].read(sid) is not None
+        finally:
+            await asyncio.gather(*(m.close() for m in managers), return_exceptions=True)
+        if attempt < 9:
+            await db.drop_table(table)
+
+
 async def test_data_survives_closing_and_reopening(db: Dialect, table: str, serve: Any) -> None:
     m = db.manager(table)
     client = await serve([(r"/set/(\w+)", SetKey), ("/dump", Dump)], session_manager=m)

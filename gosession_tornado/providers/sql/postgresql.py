@@ -168,7 +168,15 @@ class PostgreSQLProvider(SQLBatchProvider[PostgreSQLSettings]):
         table = self.settings.table
         columns = await self._columns(conn)
         if not columns:
+            # CREATE ... IF NOT EXISTS is not safe against itself in PostgreSQL: two
+            # processes starting at once both pass the check and one fails on the
+            # catalog's unique index ("type ... already exists"). A transaction-scoped
+            # advisory lock on the table's name makes the first start of several
+            # workers serialise here; it is released at COMMIT (or ROLLBACK on error).
             index = f'"{table[:40]}_expiry_{zlib.crc32(table.encode()):08x}"'
+            lock = zlib.crc32(f"gosession_tornado:{self._table}".encode())
+            await self._begin(conn)
+            await self._execute(conn, "SELECT pg_advisory_xact_lock($1::bigint)", lock)
             await self._execute(
                 conn,
                 f"CREATE TABLE IF NOT EXISTS {self._table} ("
@@ -177,6 +185,7 @@ class PostgreSQLProvider(SQLBatchProvider[PostgreSQLSettings]):
                 "session_expiry timestamptz NOT NULL)",
             )
             await self._execute(conn, f"CREATE INDEX IF NOT EXISTS {index} ON {self._table} (session_expiry)")
+            await self._commit(conn)
             columns = await self._columns(conn)
         bad = self._not_a_session_table
         self._check_columns(columns)
