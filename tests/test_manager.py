@@ -14,7 +14,7 @@ import tornado.web
 
 from gosession_tornado import ProviderClosedError, SessionManager
 from gosession_tornado import manager as manager_module
-from gosession_tornado.providers.memory import MemoryProvider
+from gosession_tornado.providers.memory import _HEAD, MemoryProvider
 from tests.support import make_handler
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -370,6 +370,24 @@ async def test_gc_keeps_sessions_in_use() -> None:
         await m.gc()
         assert sid in records(m)
         assert idle not in records(m)
+
+
+async def test_a_read_refreshes_the_deadline_once_per_refresh_step(m: SessionManager) -> None:
+    # max_lifetime 600: refresh_step 10 s. A read that would move the deadline by less
+    # leaves the record as it is (no rewrite); one that moves it further rewrites it.
+    from gosession_tornado.providers.memory import _deadline, refresh_step
+
+    assert refresh_step(600) == 10 and refresh_step(30) == 1
+    sid = await new_stored(m, a=1)
+    stored = records(m)[sid]
+    assert await m.read(sid) == {"a": 1}
+    assert records(m)[sid] is stored  # moved by well under 10 s: not rewritten
+    provider = m._actor.provider  # type: ignore[union-attr]
+    records(m)[sid] = _HEAD.pack(_deadline(stored) - 11, 600) + stored[_HEAD.size :]  # 11 s older
+    assert await m.read(sid) == {"a": 1}
+    refreshed = _deadline(records(m)[sid])
+    assert refreshed >= _deadline(stored) - 0.5  # back to (about) now + 600 s
+    assert sid in provider._buckets[int(refreshed)]  # and re-indexed under its new second
 
 
 async def test_periodic_callback_drives_gc() -> None:

@@ -12,8 +12,9 @@ How it is kept (the costs are per operation, not per stored session):
 
 * Each record is one ``bytes`` object: a 16-byte header (deadline, lifetime)
   and the session's msgpack bytes (:mod:`~gosession_tornado.codec`). A read
-  decodes once; a release decodes, applies the request's delta and encodes
-  once. Nothing the store holds is ever shared with a request, so no deep
+  decodes once (and rewrites the record only when it moves the deadline by a
+  :func:`refresh_step`); a release decodes, applies the request's delta and
+  encodes once. Nothing the store holds is ever shared with a request, so no deep
   copies are needed, and a stored session costs about 400 bytes with 10
   small keys.
 * Expiry is indexed by deadline in one-second buckets (a set of ids per
@@ -38,7 +39,7 @@ from typing import Any
 from .. import codec
 from ..provider import GC, Changes, Destroy, Exist, Message, Provider, Read, Regenerate, Release, SessionData
 
-__all__ = ["MemoryProvider", "GC_SLICE"]
+__all__ = ["MemoryProvider", "GC_SLICE", "refresh_step"]
 
 #: Longest stretch of GC work (seconds) between two yields to the event loop.
 GC_SLICE = 0.001
@@ -54,6 +55,11 @@ _HEAD_SIZE = _HEAD.size
 _EMPTY = codec.encode({})
 #: Runs an iterator to its end, keeping nothing.
 _consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
+
+
+def refresh_step(lifetime: int) -> int:
+    """Seconds a read must gain on a record's deadline before the record is rewritten."""
+    return max(1, lifetime // 60)
 
 
 def _deadline(record: bytes) -> float:
@@ -119,7 +125,14 @@ class MemoryProvider(Provider):
     # ------------------------------------------------------------ verbs (synchronous)
 
     def read(self, sid: str) -> SessionData | None:
-        """The data of a live session (fresh objects), refreshing its last access."""
+        """The data of a live session (fresh objects), refreshing its last access.
+
+        The refresh is throttled as in the other stores: the record is rewritten
+        only when the read moves its deadline by :func:`refresh_step` seconds or
+        more (a sixtieth of the lifetime, at least 1 s), so a session read
+        again and again may expire up to that much before "lifetime after its
+        last access", never later. A release always sets the full lifetime.
+        """
         rec = self._records.get(sid)
         if rec is None:
             return None
@@ -131,10 +144,11 @@ class MemoryProvider(Provider):
             return None
         blob = memoryview(rec)[_HEAD_SIZE:]
         new = now + lifetime
-        self._records[sid] = _HEAD.pack(new, lifetime) + blob
-        if int(new) != int(deadline):
-            self._unindex(sid, int(deadline))
-            self._index(sid, int(new))
+        if new - deadline >= refresh_step(lifetime):  # else the record is not rewritten
+            self._records[sid] = _HEAD.pack(new, lifetime) + blob
+            if int(new) != int(deadline):
+                self._unindex(sid, int(deadline))
+                self._index(sid, int(new))
         data: SessionData = codec.decode(blob)
         return data
 
