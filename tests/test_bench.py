@@ -145,7 +145,7 @@ def check_harness(output: str, up: set[str]) -> None:
             assert {"deepcopy_top", "deepcopy_calls"} <= set(counts), counts
         assert set(micro["gc"]["sizes"]) == {"1000", "10000"}
         for g in micro["gc"]["sizes"].values():
-            assert {"gc_ms", "max_stall_ms", "dict_scan_ms", "expired"} <= set(g), g
+            assert {"gc_ms", "max_stall_ms", "dict_scan_ms", "dict_pop_ms", "expired"} <= set(g), g
         assert micro["rss"]["library"]["growth_mib"] > 0 and micro["rss"]["reference"]["growth_mib"] > 0
 
         assert results["chart"] is None, results["chart"]
