@@ -52,6 +52,7 @@ __all__ = [
     "DecodedCookie",
     "NOW_KINDS",
     "add_delta",
+    "refresh_step",
 ]
 
 SessionData = dict[Any, Any]
@@ -74,6 +75,18 @@ def add_delta(current: Any, delta: int) -> int:
     if isinstance(current, bool) or not isinstance(current, int):
         return delta
     return current + delta
+
+
+def refresh_step(lifetime: int) -> int:
+    """Seconds a read must move a session's expiry before a store writes the refresh.
+
+    A read within this long of the last write or refresh leaves the stored
+    expiry alone, so a session can expire up to this much *earlier* than
+    *lifetime* seconds after its last read, never later. 1/60 of the
+    lifetime (one minute of an hour), at least one second. The memory, file,
+    mysql and postgresql stores throttle their read refreshes by it.
+    """
+    return max(1, lifetime // 60)
 
 
 class Changes:

@@ -375,7 +375,8 @@ async def test_gc_keeps_sessions_in_use() -> None:
 async def test_a_read_refreshes_the_deadline_once_per_refresh_step(m: SessionManager) -> None:
     # max_lifetime 600: refresh_step 10 s. A read that would move the deadline by less
     # leaves the record as it is (no rewrite); one that moves it further rewrites it.
-    from gosession_tornado.providers.memory import _deadline, refresh_step
+    from gosession_tornado.provider import refresh_step
+    from gosession_tornado.providers.memory import _deadline
 
     assert refresh_step(600) == 10 and refresh_step(30) == 1
     sid = await new_stored(m, a=1)

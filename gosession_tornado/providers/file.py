@@ -13,7 +13,7 @@ What holds:
   mode 0600.
 * A session file holds ``codec.encode({"data": {...}, "lifetime": seconds})``.
   Its mtime is the last access: reads refresh it (``os.utime``, at most once
-  per :func:`refresh_step`), and a record is expired once
+  per :func:`~gosession_tornado.provider.refresh_step`), and a record is expired once
   ``now - mtime >= lifetime``. An expired record is never served, even
   before GC removes it.
 * Every write puts a complete record in another file of the same directory,
@@ -84,6 +84,7 @@ from ..provider import (
     Regenerate,
     Release,
     SessionData,
+    refresh_step,
 )
 from ..values import normalize_key
 
@@ -284,16 +285,6 @@ def _regular_stat(fd: int, where: str) -> os.stat_result:
 def _expired(st: os.stat_result, lifetime: int, now: float) -> bool:
     return now - st.st_mtime_ns / 1e9 >= lifetime
 
-
-def refresh_step(lifetime: int) -> int:
-    """Seconds a read lets pass before it refreshes a session's last access (its mtime).
-
-    A read within this long of the last write or refresh leaves the mtime
-    alone, so a session can expire up to this much *earlier* than
-    ``lifetime`` after its last read, never later. 1/60 of the lifetime
-    (one minute of an hour), at least one second: the SQL providers' step.
-    """
-    return max(1, lifetime // 60)
 
 
 def _spare_name(sid: str) -> str:

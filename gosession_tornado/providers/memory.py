@@ -13,7 +13,7 @@ How it is kept (the costs are per operation, not per stored session):
 * Each record is one ``bytes`` object: a 16-byte header (deadline, lifetime)
   and the session's msgpack bytes (:mod:`~gosession_tornado.codec`). A read
   decodes once (and rewrites the record only when it moves the deadline by a
-  :func:`refresh_step`); a release decodes, applies the request's delta and
+  :func:`~gosession_tornado.provider.refresh_step`); a release decodes, applies the request's delta and
   encodes once. Nothing the store holds is ever shared with a request, so no deep
   copies are needed, and a stored session costs about 400 bytes with 10
   small keys.
@@ -37,9 +37,21 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .. import codec
-from ..provider import GC, Changes, Destroy, Exist, Message, Provider, Read, Regenerate, Release, SessionData
+from ..provider import (
+    GC,
+    Changes,
+    Destroy,
+    Exist,
+    Message,
+    Provider,
+    Read,
+    Regenerate,
+    Release,
+    SessionData,
+    refresh_step,
+)
 
-__all__ = ["MemoryProvider", "GC_SLICE", "refresh_step"]
+__all__ = ["MemoryProvider", "GC_SLICE"]
 
 #: Longest stretch of GC work (seconds) between two yields to the event loop.
 GC_SLICE = 0.001
@@ -55,11 +67,6 @@ _HEAD_SIZE = _HEAD.size
 _EMPTY = codec.encode({})
 #: Runs an iterator to its end, keeping nothing.
 _consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
-
-
-def refresh_step(lifetime: int) -> int:
-    """Seconds a read must gain on a record's deadline before the record is rewritten."""
-    return max(1, lifetime // 60)
 
 
 def _deadline(record: bytes) -> float:
@@ -128,7 +135,7 @@ class MemoryProvider(Provider):
         """The data of a live session (fresh objects), refreshing its last access.
 
         The refresh is throttled as in the other stores: the record is rewritten
-        only when the read moves its deadline by :func:`refresh_step` seconds or
+        only when the read moves its deadline by :func:`~gosession_tornado.provider.refresh_step` seconds or
         more (a sixtieth of the lifetime, at least 1 s), so a session read
         again and again may expire up to that much before "lifetime after its
         last access", never later. A release always sets the full lifetime.

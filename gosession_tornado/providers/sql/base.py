@@ -82,12 +82,13 @@ from ...provider import (
     Read,
     Release,
     SessionData,
+    refresh_step,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import ManagerConfig
 
-__all__ = ["SQLBatchProvider", "Settings", "SettingsT"]
+__all__ = ["SQLBatchProvider", "Settings", "SettingsT", "refresh_step"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R", bound=tuple[Any, ...])
@@ -140,10 +141,6 @@ def split_rows(rows: list[_R], budget: int, blobs: tuple[int, ...] = (1,), facto
         chunks.append(current)
     return chunks
 
-
-def refresh_step(lifetime: int) -> int:
-    """Seconds a read must gain on the stored expiry before it is written (throttles refreshes)."""
-    return max(1, lifetime // 60)
 
 
 class Settings(Protocol):
