@@ -13,10 +13,10 @@ How it is kept (the costs are per operation, not per stored session):
 * Each record is one ``bytes`` object: a 16-byte header (deadline, lifetime)
   and the session's msgpack bytes (:mod:`~gosession_tornado.codec`). A read
   decodes once (and rewrites the record only when it moves the deadline by a
-  :func:`~gosession_tornado.provider.refresh_step`); a release decodes, applies the request's delta and
-  encodes once. Nothing the store holds is ever shared with a request, so no deep
-  copies are needed, and a stored session costs about 400 bytes with 10
-  small keys.
+  :func:`~gosession_tornado.provider.refresh_step`); a release decodes,
+  applies the request's delta and encodes once. Nothing the store holds is
+  ever shared with a request, so no deep copies are needed, and a stored
+  session costs about 400 bytes with 10 small keys.
 * Expiry is indexed by deadline in one-second buckets (a set of ids per
   second, and a heap of the bucket seconds). A GC pass visits only the
   buckets whose second has passed, so it costs what expired, not what is
@@ -135,7 +135,8 @@ class MemoryProvider(Provider):
         """The data of a live session (fresh objects), refreshing its last access.
 
         The refresh is throttled as in the other stores: the record is rewritten
-        only when the read moves its deadline by :func:`~gosession_tornado.provider.refresh_step` seconds or
+        only when the read moves its deadline by
+        :func:`~gosession_tornado.provider.refresh_step` seconds or
         more (a sixtieth of the lifetime, at least 1 s), so a session read
         again and again may expire up to that much before "lifetime after its
         last access", never later. A release always sets the full lifetime.
