@@ -24,7 +24,9 @@ fault ``dir-readonly-full``
     filled up (a filler file until ``ENOSPC``), then the filler removed.
     While each lasts, a write request is checked to get a 503 (or 500)
     whose body names no path and no session id, and the server log must
-    have the error. Afterwards the model's checks hold (nothing acknowledged
+    have the error. (While full, the load's destroys free pages that a
+    small write may take first: the filler is topped up and the probe sent
+    again, up to 20 times, until one is refused.) Afterwards the model's checks hold (nothing acknowledged
     lost) and every session file decodes.
 """
 
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .fault_scenarios import Timeline
@@ -308,8 +311,30 @@ class DirReadOnlyFull(Fault):
             raise RuntimeError("dir-readonly-full needs the file-tmpfs store")
         self.timeline.attach(ctx.model)
 
-    async def _probe_write(self, ctx: RunContext, what: str) -> None:
-        """A write request now must fail cleanly: 503 (or 500), a body with no path and no id."""
+    async def _probe_until_refused(
+        self, ctx: RunContext, what: str, before: Callable[[], None] | None = None, tries: int = 20
+    ) -> None:
+        """:meth:`_probe_write` until a write is refused (at most *tries* times, *before* each).
+
+        Under load, space comes back while the directory is "full": the load's
+        destroys and regenerates delete session files, and a small write may fit
+        in what they freed before the filler takes it again. So the filler is
+        topped up (*before*) and the probe sent again; what is recorded is the
+        last probe, with the number of tries.
+        """
+        probe: dict[str, Any] = {}
+        for attempt in range(1, tries + 1):
+            if before is not None:
+                await asyncio.to_thread(before)
+            probe = await self._probe_write(ctx, what)
+            probe["tries"] = attempt
+            if probe["status"] >= 500:
+                break
+            await asyncio.sleep(0.05)
+        self.probes.append(probe)
+
+    async def _probe_write(self, ctx: RunContext, what: str) -> dict[str, Any]:
+        """One write request now; its status, and any path or id its body leaks."""
         save_path = ctx.setup.details["save_path"]
         conn = Connection("127.0.0.1", ctx.servers[0].port, timeout=10)
         try:
@@ -320,8 +345,7 @@ class DirReadOnlyFull(Fault):
         leaks = [w for w in (save_path, ctx.setup.details["mountpoint"], "/sessions") if w in body]
         if re.search(r"[0-9a-f]{32}", body) and resp.status >= 500:
             leaks.append("a session id")
-        self.probes.append({"during": what, "status": resp.status, "leaks": leaks,
-                            "body": body[:120]})
+        return {"during": what, "status": resp.status, "leaks": leaks, "body": body[:120]}
 
     async def during(self, ctx: RunContext) -> None:
         mountpoint = pathlib.Path(ctx.setup.details["mountpoint"])
@@ -339,7 +363,7 @@ class DirReadOnlyFull(Fault):
                 await asyncio.sleep(0.005)
         ctx.mark("read-only", attempts=attempt + 1)
         await asyncio.sleep(0.3)
-        await self._probe_write(ctx, "read-only")
+        await self._probe_until_refused(ctx, "read-only")
         await asyncio.sleep(self.outage - 0.3)
         await asyncio.to_thread(_mount, "-o", "remount,rw", str(mountpoint))  # writable again
         self.t_healed.append(time.monotonic())
@@ -351,7 +375,7 @@ class DirReadOnlyFull(Fault):
         await asyncio.to_thread(_fill, filler)
         ctx.mark("full")
         await asyncio.sleep(0.3)
-        await self._probe_write(ctx, "full")
+        await self._probe_until_refused(ctx, "full", before=lambda: _fill(filler))
         await asyncio.sleep(self.outage - 0.3)
         filler.unlink(missing_ok=True)  # open() itself may have met ENOSPC
         self.t_healed.append(time.monotonic())
@@ -380,7 +404,7 @@ class DirReadOnlyFull(Fault):
             "undecodable_files": self.errors, "logged": logged,
             "slowest_request_s": round(max((r - s for s, r in zip(tl.sent, tl.received)), default=0.0), 3),
         }
-        statuses = ", ".join(f"{p['during']}: {p['status']}" for p in self.probes)
+        statuses = ", ".join(f"{p['during']}: {p['status']} (try {p.get('tries', 1)})" for p in self.probes)
         violations = dict(ctx.model.violations)
         acked = ctx.model.counts.get("acknowledged_writes", 0)
         kept = (f"{acked} acknowledged writes, none lost" if not violations
@@ -403,14 +427,19 @@ class DirReadOnlyFull(Fault):
 
 
 def _fill(path: pathlib.Path) -> None:
-    """Write *path* until the file system is full (ENOSPC)."""
-    block = b"\0" * 65536
+    """Append to *path* until the file system is full (ENOSPC); again to take what was freed since."""
     try:
         # unbuffered: nothing is left in a buffer for close() to fail on, and an
         # ENOSPC from open() itself (the sessions already filled it) counts as full
-        with open(path, "wb", buffering=0) as f:
-            while f.write(block):
-                pass
+        with open(path, "ab", buffering=0) as f:
+            for size in (65536, 4096):  # large blocks, then the last pages
+                block = b"\0" * size
+                try:
+                    while f.write(block):
+                        pass
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
