@@ -189,7 +189,6 @@ class SessionManager:
         self.config: ManagerConfig = build_config(provider, *args, **kwargs)
         self._provider_cls: type[Provider] = lookup(self.config.provider)
         self._client_side = self._provider_cls.client_side
-        self._vary_header: tuple[ManagerConfig, str] | None = None
         self._in_process = self._provider_cls.in_process
         self.config = self._provider_cls.configure_manager(self.config)
         self._actor: ActorRef | None = None
@@ -376,14 +375,6 @@ class SessionManager:
         if self.config.enable_sid_in_http_header and not self._client_side:
             return ("Cookie", self.config.header_name)
         return ("Cookie",)
-
-    @property
-    def vary_header(self) -> str:
-        """:attr:`vary_names` as one ``Vary`` header value (sorted, comma-separated)."""
-        cached = self._vary_header
-        if cached is None or cached[0] is not self.config:  # the config may be replaced
-            cached = self._vary_header = (self.config, ", ".join(sorted(self.vary_names)))
-        return cached[1]
 
     def _expire(self, handler: RequestHandler | None, session: Session | None = None) -> None:
         if handler is None or not self._writes_cookie:

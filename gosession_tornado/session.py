@@ -85,10 +85,6 @@ class SessionOwner(Protocol):
     def vary_names(self) -> tuple[str, ...]:
         """Request headers a response depends on once it used the session."""
 
-    @property
-    def vary_header(self) -> str:
-        """:attr:`vary_names` as one ``Vary`` header value."""
-
     async def release_session(self, session: Session, handler: Any = None) -> None:
         """Save *session*'s changes (and write its cookie into *handler*'s response)."""
 

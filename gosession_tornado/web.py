@@ -275,21 +275,13 @@ class SessionMixin(_Base):
         state = current_state(self)
         if state is None or self._headers_written:
             return
-        headers = self._headers
         names = state.vary
-        sessions = state.sessions
-        if not names and len(sessions) == 1 and "Vary" not in headers:
-            # the usual request: one session, no cookie written, no Vary of its own
-            for session in sessions.values():
-                manager = session.manager
-                if session.accessed and manager is not None:
-                    headers["Vary"] = manager.vary_header
-            return
-        for session in sessions.values():
+        for session in state.sessions.values():
             if session.accessed and session.manager is not None:
                 names.update(session.manager.vary_names)
         if not names:
             return
+        headers = self._headers
         if "Vary" not in headers:
             headers["Vary"] = ", ".join(sorted(names))
             return
