@@ -286,7 +286,6 @@ def _expired(st: os.stat_result, lifetime: int, now: float) -> bool:
     return now - st.st_mtime_ns / 1e9 >= lifetime
 
 
-
 def _spare_name(sid: str) -> str:
     return f".{sid}{_SPARE_SUFFIX}"
 

@@ -82,13 +82,12 @@ from ...provider import (
     Read,
     Release,
     SessionData,
-    refresh_step,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...config import ManagerConfig
 
-__all__ = ["SQLBatchProvider", "Settings", "SettingsT", "refresh_step"]
+__all__ = ["SQLBatchProvider", "Settings", "SettingsT"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R", bound=tuple[Any, ...])
@@ -140,7 +139,6 @@ def split_rows(rows: list[_R], budget: int, blobs: tuple[int, ...] = (1,), facto
     if current:
         chunks.append(current)
     return chunks
-
 
 
 class Settings(Protocol):

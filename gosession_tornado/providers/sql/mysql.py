@@ -74,7 +74,8 @@ from pymysql.constants import CLIENT
 
 from ..._log import get_logger
 from ...errors import ConfigError, ProviderUnavailableError
-from .base import GC_CHUNK, SID_RE, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
+from ...provider import refresh_step
+from .base import GC_CHUNK, SID_RE, Found, SQLBatchProvider, SwapRow, WriteRow, split_rows
 from .mysql_dsn import MySQLSettings, parse_mysql_config
 
 __all__ = ["MySQLProvider", "MEDIUMBLOB_MAX"]

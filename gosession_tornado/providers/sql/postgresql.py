@@ -67,7 +67,8 @@ import asyncpg
 
 from ..._log import get_logger
 from ...errors import ProviderUnavailableError
-from .base import GC_CHUNK, Found, SQLBatchProvider, SwapRow, WriteRow, refresh_step, split_rows
+from ...provider import refresh_step
+from .base import GC_CHUNK, Found, SQLBatchProvider, SwapRow, WriteRow, split_rows
 from .postgresql_dsn import PostgreSQLSettings, parse_postgresql_config
 
 __all__ = ["PostgreSQLProvider", "MAX_PAYLOAD"]
