@@ -417,7 +417,13 @@ class ActorRef:
                 else:
                     mailbox = collections.deque(mailbox.popleft() for _ in range(self.max_batch))
                 # Skip asks whose caller has given up (timed out or cancelled).
-                batch = [e for e in mailbox if e.reply is None or not e.reply.done()]
+                batch: list[Envelope] = []
+                messages: list[Message] = []
+                for e in mailbox:
+                    reply = e.reply
+                    if reply is None or not reply.done():
+                        batch.append(e)
+                        messages.append(e.message)
                 if self._closing:
                     self._fail(batch)
                     break
@@ -435,7 +441,7 @@ class ActorRef:
                     self._arm(deadline)
                 outcomes: list[Any]
                 try:
-                    outcomes = await provider.handle_batch([e.message for e in batch])
+                    outcomes = await provider.handle_batch(messages)
                     if len(outcomes) != n:
                         raise RuntimeError(
                             f"{type(provider).__name__}.handle_batch returned {len(outcomes)} "
