@@ -1,7 +1,7 @@
 """Redis Cluster with one hung master, and Redis Sentinel during a failover: measured under load.
 
 Two measurements, each on private servers on free loopback ports (the test
-suite's :class:`~tests.factories.factory_redis_cluster.Cluster` and
+suite's :class:`~reliability.private_servers.PrivateRedisCluster` and
 :class:`~tests.factories.factory_redis_sentinel.Topology`, stopped by PID):
 
 :func:`measure_hung_master`
@@ -55,6 +55,7 @@ from typing import Any
 
 from .httpclient import Connection
 from .model import latency_summary
+from .private_servers import PrivateRedisCluster
 from .stress import RESULTS, ServerProcess, write_result
 
 __all__ = [
@@ -228,9 +229,7 @@ async def measure_hung_master(
 
     :raises RuntimeError: if the cluster or the servers cannot start.
     """
-    from tests.factories.factory_redis_cluster import Cluster
-
-    cluster = Cluster(workdir, node_timeout_ms=1000)
+    cluster = PrivateRedisCluster(workdir, node_timeout_ms=1000)
     cluster.start()
     servers: list[ServerProcess] = []
     victim_pid = 0

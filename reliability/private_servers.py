@@ -12,6 +12,9 @@ at interpreter exit if nobody did.
 * :class:`PrivateMariaDB`: ``mariadb-install-db`` into the directory, then
   ``mariadbd --skip-grant-tables`` (as root: ``--user=root``), InnoDB with its
   default ``innodb_flush_log_at_trx_commit = 1``; database ``test``;
+* :class:`PrivateRedisCluster`: three ``redis-server`` masters in cluster
+  mode (no replicas, no persistence), for the ``redis_cluster`` provider's
+  tests and the benchmark harness;
 * :class:`PrivatePostgreSQL`: ``initdb`` as the unprivileged ``postgres`` user
   (when run as root: the directory is given to that user and every command
   runs through ``runuser``), ``pg_ctl start`` / ``stop -m immediate``,
@@ -37,8 +40,8 @@ import time
 from typing import Any
 
 __all__ = [
-    "PrivateMariaDB", "PrivatePostgreSQL", "PrivateRedis", "PrivateServer", "free_port", "missing_binaries",
-    "stop_process",
+    "PrivateMariaDB", "PrivatePostgreSQL", "PrivateRedis", "PrivateRedisCluster", "PrivateServer",
+    "free_port", "missing_binaries", "stop_process",
 ]
 
 
@@ -345,6 +348,145 @@ class PrivatePostgreSQL(PrivateServer):
         with contextlib.suppress(Exception):
             os.kill(self.pid, signal.SIGCONT)
         self._pg("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop", timeout=60)
+
+
+def _port_pair_free(port: int) -> bool:
+    """True if *port* and its cluster-bus port (*port* + 10000) can be bound on 127.0.0.1."""
+    for p in (port, port + 10000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                return False
+    return True
+
+
+def cluster_ports(n: int) -> list[int]:
+    """*n* distinct free ports whose bus ports (+10000) are free as well."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port + 10000 <= 65535 and port not in ports and _port_pair_free(port):
+            ports.append(port)
+    return ports
+
+
+class PrivateRedisCluster:
+    """A private Redis Cluster: *masters* ``redis-server`` processes (no replicas, no
+    persistence, ``cluster-require-full-coverage no``), joined with
+    ``redis-cli --cluster create`` and stopped by PID."""
+
+    def __init__(self, directory: pathlib.Path, masters: int = 3, node_timeout_ms: int = 2000) -> None:
+        self.directory = directory
+        self.ports = cluster_ports(masters)
+        self.node_timeout_ms = node_timeout_ms
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def nodes(self) -> str:
+        """``"127.0.0.1:P1,127.0.0.1:P2,..."``."""
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def _spawn(self, port: int) -> None:
+        self.procs[port] = subprocess.Popen(
+            [
+                "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.directory / f"nodes-{port}.conf"),
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                # The live masters keep serving their slots while one is down.
+                "--cluster-require-full-coverage", "no",
+                "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--dir", str(self.directory), "--logfile", str(self.directory / f"redis-{port}.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+
+    def _wait_answering(self, port: int, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return
+            except OSError:
+                proc = self.procs.get(port)
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {port} exited ({proc.returncode})") from None
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {port} did not start")
+
+    def cluster_info(self, port: int) -> dict[str, str]:
+        """``CLUSTER INFO`` of one node, or ``{}`` if it does not answer."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True)
+        try:
+            info: Any = client.execute_command("CLUSTER INFO")
+        except (redis.RedisError, OSError):
+            return {}
+        finally:
+            client.close()
+        if isinstance(info, dict):
+            return {str(k): str(v) for k, v in info.items()}
+        return dict(
+            line.split(":", 1) for line in str(info).splitlines() if ":" in line
+        )
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every running node reports ``cluster_state:ok`` with all slots assigned."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = [self.cluster_info(p) for p in self.ports if p in self.procs]
+            if infos and all(
+                i.get("cluster_state") == "ok"
+                and i.get("cluster_slots_ok") == "16384"
+                and i.get("cluster_known_nodes") == str(len(self.ports))
+                for i in infos
+            ):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"redis cluster on ports {self.ports} did not reach cluster_state:ok")
+
+    def start(self) -> None:
+        """Start the nodes, create the cluster (no replicas) and wait for ``cluster_state:ok``."""
+        try:
+            for port in self.ports:
+                self._spawn(port)
+            deadline = time.monotonic() + 20
+            for port in self.ports:
+                self._wait_answering(port, deadline)
+            proc = subprocess.run(
+                ["redis-cli", "--cluster", "create",
+                 *(f"127.0.0.1:{p}" for p in self.ports),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True, text=True, timeout=60, check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"redis-cli --cluster create failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+                )
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on *port* (no shutdown, no goodbye to the cluster)."""
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(10)
+
+    def restart(self, port: int) -> None:
+        """Start the node on *port* again (same node id and slots from its nodes.conf, no data)."""
+        self._spawn(port)
+        self._wait_answering(port, time.monotonic() + 20)
+        self.wait_ok()
+
+    def stop(self) -> None:
+        """Stop every node by PID."""
+        for port in list(self.procs):
+            stop_process(self.procs.pop(port))
 
 
 def temp_dir(prefix: str) -> pathlib.Path:
