@@ -30,7 +30,9 @@ work per request on memory, per-request counts of tasks/futures/timers, GC
 pass time and longest event-loop stall, RSS of 100,000 sessions.
 
 Stores are private to a run (``gsbench:<hex>:`` redis keys, ``gsbench_<hex>_*``
-tables, a temporary directory) and removed at the end. Only 127.0.0.1 is
+tables, a temporary directory, and for ``redis_cluster`` a private 3-master
+Redis Cluster on free loopback ports, started on first use and stopped by PID)
+and removed at the end. Only 127.0.0.1 is
 contacted. Servers (or peers) that are not available are skipped with the
 reason printed and recorded in the JSON.
 """
@@ -70,8 +72,8 @@ HOST = "127.0.0.1"
 SEED_BASE = 1000
 SERVER_CORE, WRK_CORE = "0", "1"
 
-BACKENDS = ("memory", "file", "redis", "mysql", "postgresql", "cookie")
-#: Which server each backend needs (None: none).
+BACKENDS = ("memory", "file", "redis", "redis_cluster", "mysql", "postgresql", "cookie")
+#: Which shared server each backend needs (redis_cluster: a private cluster the run starts).
 NEEDS = {"redis": "redis", "mysql": "mysql", "postgresql": "postgresql"}
 #: Peer packages, installed unpatched from PyPI into their own virtualenvs (plus their store client).
 PEERS: dict[str, dict[str, Any]] = {
@@ -113,6 +115,7 @@ def _configs() -> dict[str, Config]:
         "memory": "a module-level dict + get_cookie/set_cookie",
         "file": "read a msgpack file / write a temp file + rename (no fsync, no lock)",
         "redis": "redis.asyncio GET + SET of a msgpack blob",
+        "redis_cluster": "redis.asyncio.cluster.RedisCluster GET + SET of a msgpack blob",
         "mysql": "aiomysql SELECT + INSERT .. ON DUPLICATE KEY UPDATE",
         "postgresql": "asyncpg SELECT + INSERT .. ON CONFLICT DO UPDATE",
         "cookie": "Fernet(msgpack) by hand with cryptography",
@@ -128,11 +131,6 @@ def _configs() -> dict[str, Config]:
 
 
 CONFIGS = _configs()
-#: Not run: the harness would have to start a private Redis Cluster first.
-NOT_INCLUDED = {
-    "redis_cluster": "needs a private Redis Cluster (several redis-server processes); the harness "
-    "does not start one, so it is not measured",
-}
 QUICK_CONFIGS = ("bare", "memory", "naive-memory", "redis")
 MICRO_PARTS = ("ask", "work", "gc", "rss")
 
@@ -185,7 +183,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         names = list(CONFIGS)
     else:
         names = [n.strip() for n in a.configs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONFIGS and n not in NOT_INCLUDED]
+    unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         p.error(f"unknown configuration(s) {unknown}; see --list")
     a.config_names = ["bare", *(n for n in dict.fromkeys(names) if n != "bare")]
@@ -308,6 +306,9 @@ class Run:
         self.peer_problem: dict[str, str] = {}
         self.peer_freeze: dict[str, list[str]] = {}
         self.server_ok: dict[str, bool] = {}
+        #: The private Redis Cluster of the redis_cluster configurations (started on first use).
+        self.cluster: Any = None
+        self.cluster_problem: str | None = None
 
     def mysql_user(self) -> dict[str, Any]:
         return {"port": self.args.mysql_port, "user": os.environ.get("GOSESSION_MYSQL_USER", "root"),
@@ -332,6 +333,7 @@ class Run:
         return {
             "redis_port": self.args.redis_port,
             "redis_prefix": f"{self.redis_prefix}{short}:",
+            "cluster_nodes": self.cluster.nodes if self.cluster is not None else "",
             "mysql": {**self.mysql_user(), "table": table},
             "pg": {**self.pg_user(), "table": table},
             "directory": str(self.dir / f"store-{cfg.store_key}"),
@@ -341,6 +343,8 @@ class Run:
 
     def unavailable(self, cfg: Config) -> str | None:
         """Why *cfg* cannot run here (server down, peer not installable), or None."""
+        if cfg.backend == "redis_cluster":
+            return self.ensure_cluster()
         server = NEEDS.get(cfg.backend)
         if server:
             port = {"redis": self.args.redis_port, "mysql": self.args.mysql_port,
@@ -352,6 +356,33 @@ class Run:
         if cfg.impl in PEERS:
             self.ensure_peer(cfg.impl)
             return self.peer_problem.get(cfg.impl)
+        return None
+
+    def ensure_cluster(self) -> str | None:
+        """Start (once) a private 3-master Redis Cluster on free loopback ports; why not, or None.
+
+        The test suite's cluster (:class:`reliability.private_servers.PrivateRedisCluster`):
+        no replicas, no persistence, stopped by PID in :meth:`cleanup`. Every round's
+        servers of a redis_cluster configuration share it, each under its own key prefix.
+        """
+        if self.cluster is not None or self.cluster_problem is not None:
+            return self.cluster_problem
+        if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+            self.cluster_problem = "redis-server and redis-cli are needed to start a private Redis Cluster"
+            return self.cluster_problem
+        sys.path.insert(0, str(ROOT))
+        from reliability.private_servers import PrivateRedisCluster
+
+        directory = self.dir / "redis-cluster"
+        directory.mkdir()
+        cluster = PrivateRedisCluster(directory)
+        try:
+            cluster.start()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            self.cluster_problem = f"the private Redis Cluster did not start: {exc}"
+            return self.cluster_problem
+        self.cluster = cluster
+        print(f"  private Redis Cluster on {cluster.nodes}", flush=True)
         return None
 
     def ensure_peer(self, peer: str) -> None:
@@ -399,7 +430,7 @@ class Run:
         return env
 
     def cleanup(self) -> None:
-        """Delete the run's redis keys and tables and its scratch directory."""
+        """Delete the run's redis keys and tables, stop its Redis Cluster, remove its scratch directory."""
         import asyncio
 
         sys.path.insert(0, str(HERE))
@@ -419,6 +450,9 @@ class Run:
             asyncio.run(clean())
         except Exception as exc:  # report, do not hide the results
             print(f"cleanup failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if self.cluster is not None:  # no persistence: its keys go with it
+            self.cluster.stop()
+            self.cluster = None
         if not self.args.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -578,10 +612,6 @@ def http_part(run: Run) -> dict[str, Any]:
     configs: dict[str, dict[str, Any]] = {}
     selected: list[Config] = []
     for name in args.config_names:
-        if name in NOT_INCLUDED:
-            configs[name] = {"status": "not included", "reason": NOT_INCLUDED[name]}
-            print(f"{name}: not included ({NOT_INCLUDED[name]})", flush=True)
-            continue
         cfg = CONFIGS[name]
         configs[name] = {"impl": cfg.impl, "backend": cfg.backend, "mode": cfg.mode,
                          "description": cfg.description, "status": "ok"}
@@ -757,8 +787,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for cfg in CONFIGS.values():
             print(f"{cfg.name:<24} {'default' if cfg.default else '       '}  {cfg.description}")
-        for name, why in NOT_INCLUDED.items():
-            print(f"{name:<24} {'':7}  not included: {why}")
         return 0
     started = datetime.datetime.now(datetime.UTC)
     run = Run(args)

@@ -43,8 +43,11 @@ It needs ``wrk`` (Debian's package; ``scripts/test.sh`` installs it as root),
 ``taskset``, the project's virtualenv with the ``test`` extra (matplotlib)
 and the servers on 127.0.0.1 (Redis 6379, MariaDB/MySQL 3306, PostgreSQL 5432;
 a configuration whose server does not answer is skipped, with the reason
-recorded). The peers are installed from PyPI, unpatched, each into its own
-virtualenv under ``bench/.scratch/`` on first use.
+recorded). For ``redis_cluster`` the run starts its own Redis Cluster (3
+masters, no replicas, no persistence, on free loopback ports, with
+``redis-server`` and ``redis-cli``) and stops it by PID at the end. The peers
+are installed from PyPI, unpatched, each into its own virtualenv under
+``bench/.scratch/`` on first use.
 
 What is measured
 ----------------

@@ -20,7 +20,7 @@ SPEC (JSON, written by the harness) holds::
     seed_base    the seeded counter value (responses below it mean a lost session)
     cookies      path of the cookie file: one ``name=value`` line per seeded session
     ready        path of the ready file this process writes once it listens
-    store        backend parameters: redis_port, redis_prefix, mysql / pg
+    store        backend parameters: redis_port, redis_prefix, cluster_nodes, mysql / pg
                  connection fields and table, directory, fernet_key, secret
 
 Seeding: a store that lives in this process (``memory``) is seeded on every
@@ -163,6 +163,9 @@ def library_config(spec: dict[str, Any]) -> dict[str, Any]:
     if backend == "redis":
         return {**base, "provider_config": f"{HOST}:{store['redis_port']},16,",
                 "key_prefix": store["redis_prefix"]}
+    if backend == "redis_cluster":  # the startup nodes, then beego's pool size
+        return {**base, "provider_config": f"{store['cluster_nodes']},16",
+                "key_prefix": store["redis_prefix"]}
     if backend == "mysql":
         m = store["mysql"]
         cred = f"{m['user']}:{m['password']}" if m["password"] else m["user"]
@@ -234,7 +237,8 @@ def naive(spec: dict[str, Any]) -> App:
     """What a user writes in about 20 lines per backend, without a session library."""
     backend = spec["backend"]
     maker = {
-        "memory": naive_memory, "file": naive_file, "redis": naive_redis, "mysql": naive_mysql,
+        "memory": naive_memory, "file": naive_file, "redis": naive_redis,
+        "redis_cluster": naive_redis_cluster, "mysql": naive_mysql,
         "postgresql": naive_postgresql, "cookie": naive_cookie,
     }[backend]
     return maker(spec, spec["mode"] == "rw", spec["seed_base"])
@@ -320,12 +324,26 @@ def naive_file(spec: dict[str, Any], rw: bool, base: int) -> App:
 
 def naive_redis(spec: dict[str, Any], rw: bool, base: int) -> App:
     """redis.asyncio: GET and SET (with EX) of one msgpack blob per session."""
-    import msgpack
     import redis.asyncio as aioredis
 
     store = spec["store"]
-    prefix = store["redis_prefix"]
-    client = aioredis.Redis(host=HOST, port=store["redis_port"])
+    return _naive_redis_app(aioredis.Redis(host=HOST, port=store["redis_port"]), store["redis_prefix"],
+                            rw, base)
+
+
+def naive_redis_cluster(spec: dict[str, Any], rw: bool, base: int) -> App:
+    """redis.asyncio's ``RedisCluster``: the same GET and SET, routed to each key's master."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    store = spec["store"]
+    nodes = [ClusterNode(host, int(port))
+             for host, port in (n.rsplit(":", 1) for n in store["cluster_nodes"].split(","))]
+    return _naive_redis_app(RedisCluster(startup_nodes=nodes), store["redis_prefix"], rw, base)
+
+
+def _naive_redis_app(client: Any, prefix: str, rw: bool, base: int) -> App:
+    """The naive redis handler on *client* (a ``Redis`` or a ``RedisCluster``), keys under *prefix*."""
+    import msgpack
 
     class Handler(tornado.web.RequestHandler):
         async def get(self) -> None:

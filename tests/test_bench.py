@@ -199,10 +199,32 @@ def test_an_unreachable_server_is_skipped_with_its_reason(tmp_path: pathlib.Path
 def test_harness_lists_its_configurations() -> None:
     out = run_bench("harness.py", "--list")
     names = {line.split()[0] for line in out.splitlines() if line.strip()}
-    backends = ("memory", "file", "redis", "mysql", "postgresql", "cookie")
+    backends = ("memory", "file", "redis", "redis_cluster", "mysql", "postgresql", "cookie")
     assert {"bare", *backends, *(f"{b}-ro" for b in backends), *(f"naive-{b}" for b in backends),
             "torndsession-memory", "torndsession-file", "torndsession-redis", "pycket-redis"} <= names
-    assert re.search(r"^redis_cluster\s+not included: needs a private Redis Cluster", out, re.MULTILINE), out
+    listed = re.search(r"^redis_cluster\s+default\s+the library, redis_cluster provider", out, re.MULTILINE)
+    assert listed, out
+
+
+def test_harness_measures_redis_cluster_on_a_private_cluster(tmp_path: pathlib.Path) -> None:
+    """The harness starts its own 3-master Redis Cluster, serves from it, and stops it by PID."""
+    require_harness_tools()
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        fail_or_skip("redis-server and redis-cli are not installed (apt-get install redis-server)")
+    configs = "redis_cluster,redis_cluster-ro,naive-redis_cluster"
+    out = run_bench("harness.py", "--quick", "--configs", configs, "--micro", "none", "--concurrency", "16",
+                    "--out-dir", str(tmp_path), timeout=300)
+    nodes = re.search(r"private Redis Cluster on (\S+)", out)
+    assert nodes, out
+    results = json.loads((tmp_path / "results.json").read_text())
+    for name in configs.split(","):
+        assert results["http"]["configs"][name]["status"] == "ok", results["http"]["configs"][name]
+    rows = [r for r in results["http"]["runs"] if "redis_cluster" in r["config"]]
+    assert len(rows) == 3, rows
+    assert all(r["rps"] > 0 and r["socket_errors"] == r["non2xx"] == r["lost"] == 0 for r in rows), rows
+    for node in nodes.group(1).split(","):  # stopped with the run
+        host, port = node.rsplit(":", 1)
+        assert not server_answers(host, int(port)), f"cluster node {node} still answers"
 
 
 def test_redis_only_bench_prints_round_trips_per_level() -> None:
