@@ -1,7 +1,7 @@
 """The actor runtime every provider runs in.
 
 One asyncio task owns a :class:`~gosession_tornado.provider.Provider` and takes
-:class:`Envelope` objects (a message and, for an *ask*, a reply future) from
+:data:`Envelope` tuples (a message and, for an *ask*, a reply future) from
 its mailbox. What holds:
 
 * The provider is only ever called from the actor task, one batch at a time,
@@ -48,6 +48,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ._log import get_logger
@@ -62,30 +64,27 @@ log = get_logger("gosession_tornado.actor")
 DEFAULT_MAX_BATCH = 256
 
 
-class Envelope:
-    """A message on its way to the actor, with the future its reply settles.
+#: A message on its way to the actor: ``(message, reply, enqueued, deadline)``.
+#: *reply* is the future an ask awaits (``None`` for a tell); *enqueued* is the
+#: event loop's clock (:meth:`asyncio.AbstractEventLoop.time`, seconds) when it
+#: was sent; *deadline* is when an ask gives up (``math.inf`` for a tell). A
+#: plain tuple: building one costs a fraction of an object with attributes,
+#: and every ask builds one.
+Envelope = tuple[Message, "asyncio.Future[Any] | None", float, float]
 
-    :attr:`enqueued` is the event loop's clock (:meth:`asyncio.AbstractEventLoop.time`,
-    seconds) when the message was sent; :attr:`deadline` is when an ask gives
-    up (``math.inf`` for a tell).
+#: The batch in progress when there is none.
+_NO_BATCH: tuple[Envelope, ...] = ()
+
+
+def _clock_of(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """*loop*'s clock: ``time.monotonic`` itself when ``loop.time()`` is asyncio's (it only calls it).
+
+    Saves a Python-level call per reading on the default loop; any other loop
+    (uvloop, say) keeps its own ``time()``, which ``call_at`` uses too.
     """
-
-    __slots__ = ("deadline", "enqueued", "message", "reply")
-
-    def __init__(
-        self,
-        message: Message,
-        reply: asyncio.Future[Any] | None,
-        enqueued: float,
-        deadline: float = math.inf,
-    ) -> None:
-        self.message = message
-        self.reply = reply
-        self.enqueued = enqueued
-        self.deadline = deadline
-
-    def __repr__(self) -> str:
-        return f"<Envelope {self.message.kind} ask={self.reply is not None}>"
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 class KindStats:
@@ -134,6 +133,7 @@ class ActorRef:
         #: Set while the actor waits for mail; the next message settles it.
         self._wakeup: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Callable[[], float] = time.monotonic
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
@@ -141,7 +141,7 @@ class ActorRef:
         self.batches = 0
         self.largest_batch = 0
         #: The batch inside the provider now (empty between batches).
-        self._current: list[Envelope] = []
+        self._current: list[Envelope] | tuple[Envelope, ...] = _NO_BATCH
         # The deadline sweep: one timer, armed no later than the earliest deadline.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -169,6 +169,7 @@ class ActorRef:
         if self._task is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._clock = _clock_of(self._loop)
         self._task = self._loop.create_task(self._run(), name=f"gosession-actor-{self.name}")
         try:
             await self.ask(Init(max_lifetime, config))
@@ -221,11 +222,11 @@ class ActorRef:
                 "(await manager.start()) before using it"
             )
         fut: asyncio.Future[Any] = loop.create_future()
-        now = loop.time()
+        now = self._clock()
         deadline = now + (self.timeout if timeout is None else timeout)
         if deadline < self._timer_at:
             self._arm(deadline)
-        self._mailbox.append(Envelope(message, fut, now, deadline))
+        self._mailbox.append((message, fut, now, deadline))
         waiter = self._wakeup
         if waiter is not None and self._inline is None:
             self._wakeup = None
@@ -253,7 +254,7 @@ class ActorRef:
         assert loop is not None
         done: asyncio.Future[None] = loop.create_future()
         self._inline = done
-        started = loop.time()
+        started = self._clock()
         self.batches += 1
         self.largest_batch = max(self.largest_batch, 1)
         try:
@@ -323,7 +324,7 @@ class ActorRef:
         if self._closing or loop is None:
             log.debug("tell(%s) to closed provider %r dropped", message.kind, self.name)
             return
-        self._mailbox.append(Envelope(message, None, loop.time()))
+        self._mailbox.append((message, None, self._clock(), math.inf))
         self._wake()
 
     def _wake(self) -> None:
@@ -348,17 +349,18 @@ class ActorRef:
         assert self._loop is not None
         self._timer = None
         self._timer_at = math.inf
-        now = self._loop.time()
+        now = self._clock()
         nxt = math.inf
         for queue in (self._current, self._mailbox):
             for env in queue:
-                reply = env.reply
+                reply = env[1]
                 if reply is None or reply.done():
                     continue
-                if env.deadline <= now:
+                deadline = env[3]
+                if deadline <= now:
                     self._time_out(env)
-                elif env.deadline < nxt:
-                    nxt = env.deadline
+                elif deadline < nxt:
+                    nxt = deadline
         if self._batch_deadline <= now and not self._batch_timed_out and self._task is not None:
             self._batch_timed_out = True
             self._task.cancel()
@@ -368,12 +370,13 @@ class ActorRef:
             self._arm(nxt)
 
     def _time_out(self, env: Envelope) -> None:
-        assert env.reply is not None
-        limit = env.deadline - env.enqueued
-        self._record(env.message.kind, env.enqueued, error=True)
-        env.reply.set_exception(
+        message, reply, enqueued, deadline = env
+        assert reply is not None
+        limit = deadline - enqueued
+        self._record(message.kind, enqueued, error=True)
+        reply.set_exception(
             ProviderUnavailableError(
-                f"session provider {self.name!r} did not answer a {env.message.kind!r} call within "
+                f"session provider {self.name!r} did not answer a {message.kind!r} call within "
                 f"{limit:g} s; is its server up? (raise provider_timeout if it is just slow)"
             )
         )
@@ -385,7 +388,7 @@ class ActorRef:
         if st is None:
             st = self._stats[kind] = KindStats()
         assert self._loop is not None
-        latency = self._loop.time() - started
+        latency = self._clock() - started
         st.calls += 1
         if error:
             st.errors += 1
@@ -399,6 +402,8 @@ class ActorRef:
         assert loop is not None and task is not None
         provider = self.provider
         stats = self._stats
+        clock = self._clock
+        inf = math.inf
         try:
             while True:
                 mailbox = self._mailbox
@@ -420,10 +425,10 @@ class ActorRef:
                 batch: list[Envelope] = []
                 messages: list[Message] = []
                 for e in mailbox:
-                    reply = e.reply
+                    reply = e[1]
                     if reply is None or not reply.done():
                         batch.append(e)
-                        messages.append(e.message)
+                        messages.append(e[0])
                 if self._closing:
                     self._fail(batch)
                     break
@@ -435,7 +440,7 @@ class ActorRef:
                 if n > self.largest_batch:
                     self.largest_batch = n
                 self._current = batch
-                deadline = loop.time() + self.timeout
+                deadline = clock() + self.timeout
                 self._batch_deadline = deadline
                 if deadline < self._timer_at:
                     self._arm(deadline)
@@ -460,19 +465,18 @@ class ActorRef:
                 finally:
                     if self._batch_timed_out and task.cancelling():
                         task.uncancel()  # our own cancel: the actor goes on
-                    self._current = []
-                    self._batch_deadline = math.inf
+                    self._current = _NO_BATCH
+                    self._batch_deadline = inf
                     self._batch_timed_out = False
-                now = loop.time()
-                for env, outcome in zip(batch, outcomes):
-                    reply = env.reply
+                now = clock()
+                for (message, reply, enqueued, _), outcome in zip(batch, outcomes):
                     if reply is not None and reply.done():
                         continue  # the caller timed out (counted then) or went away
-                    kind = env.message.kind
+                    kind = message.kind
                     st = stats.get(kind)
                     if st is None:
                         st = stats[kind] = KindStats()
-                    latency = now - env.enqueued
+                    latency = now - enqueued
                     st.calls += 1
                     st.total_latency += latency
                     if latency > st.max_latency:
@@ -490,9 +494,9 @@ class ActorRef:
             await self._shutdown()
 
     def _fail(self, batch: list[Envelope]) -> None:
-        for env in batch:
-            if env.reply is not None and not env.reply.done():
-                env.reply.set_exception(
+        for _message, reply, _enqueued, _deadline in batch:
+            if reply is not None and not reply.done():
+                reply.set_exception(
                     ProviderClosedError(f"session provider {self.name!r} was closed")
                 )
 

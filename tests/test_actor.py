@@ -344,6 +344,46 @@ async def test_explicit_per_ask_timeout() -> None:
         await ref.close()
 
 
+
+def test_actor_reads_the_loops_own_clock_unless_it_is_asyncios() -> None:
+    """Deadlines and latencies use ``loop.time()``; on asyncio's loop that is ``time.monotonic``."""
+    import time
+
+    from gosession_tornado.actor import _clock_of
+
+    class SkewedLoop(asyncio.SelectorEventLoop):
+        """A loop whose clock is an hour ahead of ``time.monotonic`` (as uvloop's differs)."""
+
+        def time(self) -> float:
+            return time.monotonic() + 3600.0
+
+    plain = asyncio.new_event_loop()
+    skewed = SkewedLoop()
+    try:
+        assert _clock_of(plain) is time.monotonic
+        assert _clock_of(skewed) == skewed.time
+
+        async def timed_out_ask() -> tuple[float, dict[str, Any]]:
+            ref = ActorRef(DictProvider(), timeout=0.2)
+            await ref.start(60, "")
+            try:
+                started = time.monotonic()
+                with pytest.raises(ProviderUnavailableError):
+                    await ref.ask(Read("block-skewed"))
+                return time.monotonic() - started, ref.stats()["read"]
+            finally:
+                await ref.close()
+
+        # On the skewed loop the timeout still fires after 0.2 s, not 0 s or an hour,
+        # and the latency recorded is that 0.2 s, not an hour.
+        waited, read = skewed.run_until_complete(timed_out_ask())
+        assert 0.15 <= waited < 5
+        assert read["errors"] == 1 and read["max_latency_ms"] < 5000
+    finally:
+        plain.close()
+        skewed.close()
+
+
 # ---------------------------------------------------------------- via the manager
 
 
