@@ -417,18 +417,26 @@ class ActorRef:
                 if self._inline is not None:  # a caller runs a batch of one: queue behind it
                     await asyncio.shield(self._inline)
                     continue
-                if len(mailbox) <= self.max_batch:
-                    self._mailbox = collections.deque()
-                else:
-                    mailbox = collections.deque(mailbox.popleft() for _ in range(self.max_batch))
                 # Skip asks whose caller has given up (timed out or cancelled).
-                batch: list[Envelope] = []
-                messages: list[Message] = []
-                for e in mailbox:
+                if len(mailbox) == 1:  # the common case with nothing to batch
+                    e = mailbox.popleft()
                     reply = e[1]
-                    if reply is None or not reply.done():
-                        batch.append(e)
-                        messages.append(e[0])
+                    if reply is not None and reply.done():
+                        continue
+                    batch: list[Envelope] = [e]
+                    messages: list[Message] = [e[0]]
+                else:
+                    if len(mailbox) <= self.max_batch:
+                        self._mailbox = collections.deque()
+                    else:
+                        mailbox = collections.deque(mailbox.popleft() for _ in range(self.max_batch))
+                    batch = []
+                    messages = []
+                    for e in mailbox:
+                        reply = e[1]
+                        if reply is None or not reply.done():
+                            batch.append(e)
+                            messages.append(e[0])
                 if self._closing:
                     self._fail(batch)
                     break

@@ -166,6 +166,29 @@ async def test_actor_drains_all_queued_messages_in_one_turn(actor: ActorRef) -> 
     assert actor.largest_batch > 1
 
 
+
+@pytest.mark.parametrize("queued", [1, 3])
+async def test_an_ask_whose_caller_went_away_never_reaches_the_provider(
+    actor: ActorRef, queued: int
+) -> None:
+    """Alone in the mailbox (the batch-of-one path) or among others, a cancelled ask is skipped."""
+    p = prov(actor)
+    blocked = asyncio.ensure_future(actor.ask(Read("block-skip")))
+    await asyncio.wait_for(p.entered.wait(), 5)
+    gone = asyncio.ensure_future(actor.ask(put("gone", x=1)))
+    others = [asyncio.ensure_future(actor.ask(put(f"kept-{i}", x=i))) for i in range(queued - 1)]
+    await asyncio.sleep(0)
+    gone.cancel()
+    p.gate.set()
+    await asyncio.wait_for(asyncio.gather(blocked, *others), 5)
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert await actor.ask(Exist("gone")) is False
+    assert "gone" not in p.released
+    assert p.released == [f"kept-{i}" for i in range(queued - 1)]
+    assert actor.stats().get("release", {}).get("calls", 0) == queued - 1
+
+
 async def test_batch_with_one_failing_message_fails_only_that_message(actor: ActorRef) -> None:
     p = prov(actor)
     await actor.ask(put(SID, n=1))
