@@ -39,8 +39,11 @@ round trip costs, and much less per call when callers queue up together):
   if not done) and re-arms itself for the next one. An ask costs the timer
   nothing unless no timer is armed or its own timeout is shorter than the
   actor's. The batch in progress is covered by the same timer: a batch
-  running past its deadline is cancelled by cancelling the actor task, which
-  then answers the batch with ``ProviderUnavailableError`` and goes on.
+  running past its deadline is cancelled by cancelling the task that runs it
+  (the actor task, or the caller's for a batch of one run by
+  :meth:`ActorRef.call`), which then answers it with
+  ``ProviderUnavailableError`` and goes on. A call run inline costs the
+  timer nothing either, on the same terms as an ask.
 """
 
 from __future__ import annotations
@@ -147,6 +150,9 @@ class ActorRef:
         self._timer_at = math.inf
         #: Deadline of the batch inside the provider now (``math.inf``: none).
         self._batch_deadline = math.inf
+        #: The task running that batch, which the sweep cancels past the deadline:
+        #: the actor's own, or the caller's for a batch of one run by :meth:`call`.
+        self._batch_task: asyncio.Task[Any] | None = None
         #: A batch of one runs on a caller's stack now (see :meth:`call`); settled when it ends.
         self._inline: asyncio.Future[None] | None = None
         #: The provider lets an idle actor run an ask on the caller's stack (see :meth:`call`).
@@ -243,12 +249,18 @@ class ActorRef:
         after it, in order, as they would behind any batch. The same exclusive
         access and order, minus two turns of the event loop, which is what a
         request pays when there is nothing to batch (concurrency 1). The call
-        is bounded by ``timeout`` seconds like any batch.
+        is bounded by ``timeout`` seconds like any batch, by the same deadline
+        sweep: past its deadline the sweep cancels the calling task, and the
+        cancellation comes back out of here as ``ProviderUnavailableError``
+        (no timer of its own per call, unlike :func:`asyncio.timeout`).
 
         :raises ProviderUnavailableError: if it takes longer than ``timeout``.
         :raises Exception: whatever the provider raised for this message.
         """
         if not (self.inline_when_idle and self.idle):
+            return await self.ask(message)
+        task = asyncio.current_task()
+        if task is None:  # a coroutine driven by hand: nothing the sweep could cancel
             return await self.ask(message)
         loop = self._loop
         assert loop is not None
@@ -257,11 +269,21 @@ class ActorRef:
         started = self._clock()
         self.batches += 1
         self.largest_batch = max(self.largest_batch, 1)
+        deadline = started + self.timeout
+        self._batch_deadline = deadline
+        self._batch_task = task
+        cancelling = task.cancelling()
+        if deadline < self._timer_at:
+            self._arm(deadline)
         try:
             try:
-                async with asyncio.timeout(self.timeout):
-                    outcomes = await self.provider.handle_batch([message])
-            except TimeoutError:
+                outcomes = await self.provider.handle_batch([message])
+            except asyncio.CancelledError:
+                if not self._batch_timed_out:
+                    raise  # the caller is being cancelled
+                self._batch_timed_out = False
+                if task.uncancel() > cancelling:
+                    raise  # cancelled from outside as well: that wins
                 outcomes = [
                     ProviderUnavailableError(
                         f"session provider {self.name!r} took longer than {self.timeout:g} s; "
@@ -278,6 +300,11 @@ class ActorRef:
         except Exception as exc:  # the whole batch failed
             outcomes = [exc]
         finally:
+            if self._batch_timed_out:  # the sweep's cancel was swallowed inside the provider
+                self._batch_timed_out = False
+                task.uncancel()
+            self._batch_deadline = math.inf
+            self._batch_task = None
             self._inline = None
             done.set_result(None)
             if self._mailbox:
@@ -361,9 +388,10 @@ class ActorRef:
                     self._time_out(env)
                 elif deadline < nxt:
                     nxt = deadline
-        if self._batch_deadline <= now and not self._batch_timed_out and self._task is not None:
+        batch_task = self._batch_task
+        if self._batch_deadline <= now and not self._batch_timed_out and batch_task is not None:
             self._batch_timed_out = True
-            self._task.cancel()
+            batch_task.cancel()
         if not self._batch_timed_out and self._batch_deadline < nxt:
             nxt = self._batch_deadline
         if nxt < math.inf:
@@ -450,6 +478,7 @@ class ActorRef:
                 self._current = batch
                 deadline = clock() + self.timeout
                 self._batch_deadline = deadline
+                self._batch_task = task
                 if deadline < self._timer_at:
                     self._arm(deadline)
                 outcomes: list[Any]
@@ -475,6 +504,7 @@ class ActorRef:
                         task.uncancel()  # our own cancel: the actor goes on
                     self._current = _NO_BATCH
                     self._batch_deadline = inf
+                    self._batch_task = None
                     self._batch_timed_out = False
                 now = clock()
                 for (message, reply, enqueued, _), outcome in zip(batch, outcomes):

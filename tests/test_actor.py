@@ -538,3 +538,101 @@ async def test_a_provider_without_the_flag_always_runs_in_the_actor_task() -> No
         assert asyncio.current_task() not in p.tasks
     finally:
         await ref.close()
+
+
+class SwallowingProvider(InlineProvider):
+    """``read("swallow…")`` sleeps past the timeout and swallows the cancellation, then answers."""
+
+    async def _read(self, sid: str) -> dict[Any, Any] | None:
+        if sid.startswith("swallow"):
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                return {"swallowed": True}
+        return await super()._read(sid)
+
+
+async def test_an_inline_timeout_leaves_the_calling_task_uncancelled() -> None:
+    """The sweep cancels the caller's task; the call undoes that before it raises 503's error."""
+    p = InlineProvider()
+    ref = ActorRef(p, timeout=0.2)
+    await ref.start(60, "")
+    try:
+        task = asyncio.current_task()
+        assert task is not None
+        with pytest.raises(ProviderUnavailableError, match="took longer"):
+            await ref.call(Read("block-uncancel"))
+        assert task.cancelling() == 0
+        await asyncio.sleep(0.01)  # the task goes on: no cancellation is left pending
+        async with asyncio.timeout(5):  # and a later timeout in the same task still works
+            await ref.ask(put(SID, ok=True))
+        assert await ref.call(Read(SID)) == {"ok": True}
+    finally:
+        await ref.close()
+
+
+async def test_an_inline_call_cancelled_from_outside_is_cancelled_not_timed_out() -> None:
+    p = InlineProvider()
+    ref = ActorRef(p, timeout=0.2)
+    await ref.start(60, "")
+    try:
+        # cancelled before its deadline
+        early = asyncio.ensure_future(ref.call(Read("block-early")))
+        await asyncio.wait_for(p.entered.wait(), 5)
+        early.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await early
+        assert ref.idle
+        # cancelled from outside in the same turn as the deadline passes: the cancellation wins
+        p.entered.clear()
+        both = asyncio.ensure_future(ref.call(Read("block-both")))
+        await asyncio.wait_for(p.entered.wait(), 5)
+        loop = asyncio.get_running_loop()
+        loop.call_at(ref._batch_deadline, both.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await both
+        assert ref.idle
+        assert await ref.call(Read(SID)) is None
+    finally:
+        await ref.close()
+
+
+async def test_an_inline_call_whose_provider_swallows_the_timeout_returns_its_answer() -> None:
+    p = SwallowingProvider()
+    ref = ActorRef(p, timeout=0.2)
+    await ref.start(60, "")
+    try:
+        task = asyncio.current_task()
+        assert task is not None
+        assert await ref.call(Read("swallow")) == {"swallowed": True}
+        assert task.cancelling() == 0
+        await asyncio.sleep(0.01)
+        assert ref.idle
+    finally:
+        await ref.close()
+
+
+async def test_inline_calls_share_the_actors_one_timer() -> None:
+    """No timer per call: the deadline sweep is armed once and re-armed at most once per timeout."""
+    p = InlineProvider()
+    ref = ActorRef(p, timeout=5)
+    await ref.start(60, "")
+    loop = asyncio.get_running_loop()
+    armed = 0
+    original = loop.call_at
+
+    def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        nonlocal armed
+        armed += 1
+        return original(when, callback, *args, **kwargs)
+
+    try:
+        p.tasks.clear()
+        loop.call_at = counting_call_at  # type: ignore[method-assign]
+        for _ in range(200):
+            assert await ref.call(Read(SID)) is None
+        assert armed <= 1
+        assert p.tasks == {asyncio.current_task()}  # every call ran inline
+    finally:
+        loop.call_at = original  # type: ignore[method-assign]
+        await ref.close()
