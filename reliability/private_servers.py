@@ -406,14 +406,12 @@ class PrivateRedisCluster:
 
     def _wait_answering(self, port: int, deadline: float) -> None:
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return
-            except OSError:
-                proc = self.procs.get(port)
-                if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"redis-server on port {port} exited ({proc.returncode})") from None
-                time.sleep(0.05)
+            if _answers(port):
+                return
+            proc = self.procs.get(port)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"redis-server on port {port} exited ({proc.returncode})")
+            time.sleep(0.05)
         raise RuntimeError(f"redis-server on port {port} did not start")
 
     def cluster_info(self, port: int) -> dict[str, str]:
